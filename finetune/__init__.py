@@ -1,0 +1,1 @@
+"""Fine-tuning of pretrained bertscale encoders: sentence classification and token tagging (NER)."""
