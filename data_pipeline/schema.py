@@ -128,13 +128,17 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def read_shard(path: str | Path) -> Iterator[Sample]:
-    """Stream the samples of one shard in order; corruption raises a DataError naming the shard."""
+def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:
+    """Stream the samples of one shard in order; corruption raises a DataError naming the shard.
+
+    The first ``start`` samples are skipped without being decoded (a resumed reader seeks cheaply).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: shard not found")
     current_key: str | None = None
     members: dict[str, bytes] = {}
+    index = -1  # index of the sample whose members are being gathered
     try:
         with tarfile.open(path, mode="r|") as tar:
             for info in tar:
@@ -144,15 +148,17 @@ def read_shard(path: str | Path) -> Iterator[Sample]:
                 if not dot:
                     raise DataError(f"{path}: member '{info.name}' is not named key.field")
                 if key != current_key:
-                    if current_key is not None:
+                    if current_key is not None and index >= start:
                         yield decode_sample(current_key, members, str(path))
-                    current_key, members = key, {}
+                    current_key, members, index = key, {}, index + 1
+                if index < start:
+                    continue  # skipped sample: its bytes are never read
                 extracted = tar.extractfile(info)
                 assert extracted is not None
                 members[suffix] = extracted.read()
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{path}: corrupt or truncated shard ({err})") from None
-    if current_key is not None:
+    if current_key is not None and index >= start:
         yield decode_sample(current_key, members, str(path))
 
 
