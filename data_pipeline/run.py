@@ -1,0 +1,272 @@
+"""The pipeline on Ray: read → clean → tokenizer → encode → pairs + masks → shards + manifest.
+
+The only module importing ray. Work is cut into contiguous document ranges; each document's
+randomness comes from (seed, doc_id) and results are gathered in document order, so the
+output is byte-identical for any ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from bertscale.atomic import atomic_directory, atomic_write
+from bertscale.config import to_dict
+from bertscale.errors import DataError
+from data_pipeline import sources
+from data_pipeline.config import PairsConfig, PipelineConfig
+from data_pipeline.instances import Corpus, document_samples
+from data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo, encode_sample
+from data_pipeline.shards import EncodedSample, plan_shards, write_manifest, write_split
+from data_pipeline.tokenizer import (
+    load_tokenizer_model,
+    model_sha256,
+    processor,
+    train_tokenizer,
+    word_start_table,
+)
+
+CLEAN_BATCH_CHARS = 256_000  # raw wikitext per cleaning task: small enough to spread, big enough to amortise
+TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
+
+
+# --- Ray tasks (module level so workers import them by name) ---------------------------------
+
+
+@ray.remote(num_cpus=1)
+def _clean_task(raws: list[sources.RawDocument], min_sentence_chars: int) -> list[sources.Document]:
+    return [sources.clean_document(raw, min_sentence_chars) for raw in raws]
+
+
+@ray.remote(num_cpus=1)
+def _encode_task(model_proto: bytes, documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """→ (flat token ids, length per non-empty sentence, non-empty sentences per document)."""
+    sp = processor(model_proto)
+    ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    bounds = np.cumsum([0, *(len(doc) for doc in documents)])
+    per_doc = np.array([np.count_nonzero(lengths[a:b]) for a, b in itertools.pairwise(bounds)], np.int64)
+    tokens = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    return tokens, lengths[lengths > 0], per_doc
+
+
+@ray.remote(num_cpus=1)
+def _samples_task(
+    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    word_start: np.ndarray,
+) -> list[tuple[int, EncodedSample, int]]:  # fmt: skip
+    out = []
+    for doc_id in range(first, last):
+        for s in document_samples(corpus, doc_id, pool, cfg, vocab_size, seed, word_start):
+            out.append((doc_id, EncodedSample(s.key, encode_sample(s), s.num_tokens), s.next_sentence_label))
+    return out
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+
+def run_pipeline(cfg: PipelineConfig) -> Path:
+    """Build the dataset described by ``cfg``; returns the output directory."""
+    output = Path(cfg.output_dir)
+    if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
+        raise DataError(
+            f"{output}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it"
+        )
+    started = _init_ray(cfg.num_workers)
+    try:
+        return _run(cfg, output)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_ray(num_workers: int) -> bool:
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
+        ray.init(logging_level="WARNING")
+    else:
+        ray.init(num_cpus=num_workers, include_dashboard=False, logging_level="WARNING")
+    return True
+
+
+class _Skips:
+    """Bad inputs: recorded with a reason and announced in one line, or fatal under on_bad_input=fail."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.items: list[dict[str, str]] = []
+
+    def add(self, path: str, reason: str) -> None:
+        if self.fail:
+            raise DataError(f"{path}: {reason}")
+        self.items.append({"path": path, "reason": reason})
+        print(f"warning: {path}: {reason}; skipped", file=sys.stderr, flush=True)
+
+
+def _raw_documents(cfg: PipelineConfig, skips: _Skips) -> Iterator[sources.RawDocument]:
+    wiki_files, missing_wiki = sources.expand_inputs(cfg.inputs.wiki)
+    book_files, missing_books = sources.expand_inputs(cfg.inputs.books)
+    for item in missing_wiki + missing_books:
+        skips.add(item["path"], item["reason"])
+    for path in wiki_files:
+        kept = 0
+        try:
+            for raw in sources.iter_wiki_pages(path):
+                kept += 1
+                yield raw
+        except DataError as err:
+            skips.add(path, f"{err}" + (f" ({kept} articles before it kept)" if kept else ""))
+    for path in book_files:
+        try:
+            yield sources.read_book(path)
+        except DataError as err:
+            skips.add(path, str(err))
+        except OSError as err:
+            skips.add(path, f"unreadable ({err.strerror or err})")
+
+
+def _batches(raws: Iterator[sources.RawDocument], limit: int | None) -> Iterator[list[sources.RawDocument]]:
+    batch: list[sources.RawDocument] = []
+    chars = 0
+    for n, raw in enumerate(raws):
+        if limit is not None and n >= limit:
+            break
+        batch.append(raw)
+        chars += len(raw.text)
+        if chars >= CLEAN_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _gather(refs: list[ray.ObjectRef], sizes: list[int], bar: tqdm) -> list[Any]:
+    """Results in submission order, advancing ``bar`` by each task's size as it finishes."""
+    size_of = dict(zip(refs, sizes, strict=True))
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        bar.update(size_of[done[0]])
+    bar.close()
+    return ray.get(refs)
+
+
+def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Contiguous index ranges of roughly equal total weight."""
+    if len(weights) == 0:
+        return []
+    cum = np.cumsum(weights)
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(weights)]]))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _run(cfg: PipelineConfig, output: Path) -> Path:
+    bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
+    workers = cfg.num_workers
+    skips = _Skips(cfg.on_bad_input == "fail")
+
+    # 1. read and clean: the driver streams raw pages, workers run mwparserfromhell + sentence split
+    refs, sizes = [], []
+    with tqdm(desc="read", unit="doc", **bar) as read_bar:
+        for batch in _batches(_raw_documents(cfg, skips), cfg.inputs.max_documents):
+            refs.append(_clean_task.remote(batch, cfg.inputs.min_sentence_chars))
+            sizes.append(len(batch))
+            read_bar.update(len(batch))
+            if len(refs) > 2 * workers:  # bound what is in flight; a dump is never whole in memory
+                ray.wait(refs, num_returns=len(refs) - 2 * workers)
+    cleaned = _gather(refs, sizes, tqdm(total=sum(sizes), desc="clean", unit="doc", **bar))
+    documents = [doc.sentences for chunk in cleaned for doc in chunk if doc.sentences]
+    if not documents:
+        raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+
+    # 2. tokenizer: trained once on the driver, or loaded
+    if cfg.tokenizer.model_path:
+        model_proto = load_tokenizer_model(sources.resolve_path(cfg.tokenizer.model_path))
+    else:
+        model_proto = train_tokenizer([s for doc in documents for s in doc], cfg.tokenizer, cfg.seed)
+    sp = processor(model_proto)
+    vocab_size = sp.get_piece_size()
+
+    # 3. encode sentences in the workers
+    model_ref = ray.put(model_proto)
+    parts = _ranges(np.array([len(d) for d in documents]), workers * TASKS_PER_WORKER)
+    refs = [_encode_task.remote(model_ref, documents[a:b]) for a, b in parts]
+    encoded = _gather(
+        refs, [b - a for a, b in parts], tqdm(total=len(documents), desc="encode", unit="doc", **bar)
+    )
+    tokens, lengths, per_doc = (np.concatenate(x) for x in zip(*encoded, strict=True))
+    per_doc = per_doc[per_doc > 0]
+    corpus = Corpus(
+        tokens=tokens,
+        sentence_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        document_offsets=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
+    )
+    num_docs = corpus.num_documents
+
+    # 4. pairs + masks; the random-B pool is a seeded sample of documents, the same for any split of work
+    pool = np.arange(num_docs)
+    if num_docs > cfg.pairs.random_doc_pool:
+        pool = np.sort(
+            np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
+        )
+    corpus_ref, word_start = ray.put(corpus), word_start_table(sp)
+    doc_tokens = np.diff(corpus.sentence_offsets[corpus.document_offsets])
+    parts = _ranges(doc_tokens, workers * TASKS_PER_WORKER)
+    refs = [
+        _samples_task.remote(corpus_ref, a, b, pool, cfg.pairs, vocab_size, cfg.seed, word_start)
+        for a, b in parts
+    ]
+    produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
+    samples = [item for chunk in produced for item in chunk]
+
+    # 5. split by document, shuffle each split (seeded), cut into equal shards
+    num_val = round(cfg.split.validation_fraction * num_docs)
+    if cfg.split.validation_fraction > 0 and num_docs >= 2:
+        num_val = min(max(num_val, 1), num_docs - 1)
+    validation_docs = set(np.random.default_rng([cfg.seed, 0x5]).permutation(num_docs)[:num_val].tolist())
+    by_split: dict[str, list[EncodedSample]] = {split: [] for split in SPLITS}
+    for doc_id, sample, _ in samples:
+        by_split["validation" if doc_id in validation_docs else "train"].append(sample)
+
+    split_infos: dict[str, SplitInfo] = {}
+    dropped: dict[str, int] = {}
+    with atomic_directory(output) as tmp:
+        for index, split in enumerate(SPLITS):
+            order = np.random.default_rng([cfg.seed, 0x51, index]).permutation(len(by_split[split]))
+            shuffled = [by_split[split][i] for i in order]
+            shards, dropped[split] = plan_shards(
+                shuffled, cfg.split.samples_per_shard, cfg.split.remainder, split
+            )
+            split_infos[split] = write_split(tmp, split, shards, cfg.split.samples_per_shard)
+        with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
+            f.write(model_proto)
+        manifest = Manifest(
+            tokenizer_sha256=model_sha256(model_proto),
+            vocab_size=vocab_size,
+            max_seq_length=cfg.pairs.max_seq_length,
+            dupe_factor=cfg.pairs.dupe_factor,
+            splits=split_infos,
+            config=to_dict(cfg),
+            inputs={
+                "documents": num_docs,
+                "sentences": len(lengths),
+                "tokens": len(tokens),
+                "pairs": len(samples),
+                "random_next_fraction": float(np.mean([label for *_, label in samples])) if samples else 0.0,
+                "validation_documents": num_val,
+            },
+            skipped=skips.items,
+            dropped_samples=dropped,
+        )
+        write_manifest(tmp, manifest)
+    return output

@@ -1,0 +1,45 @@
+"""Shared fixtures. ``tiny_shards``: the real data pipeline (real Ray, 2 workers) on tests/assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def tiny_pipeline_config(output_dir: Path, **overrides):
+    """The small pipeline config used by ``tiny_shards``; tests tweak it with keyword overrides."""
+    from bertscale.config import from_dict
+    from data_pipeline.config import PipelineConfig
+
+    values = {
+        "inputs": {"wiki": [str(ASSETS / "tiny_wiki.xml")], "books": [str(ASSETS / "books" / "*.txt")]},
+        "output_dir": str(output_dir),
+        "tokenizer": {"vocab_size": 600},
+        "pairs": {"max_seq_length": 64, "dupe_factor": 2, "max_predictions_per_seq": 10},
+        "split": {"validation_fraction": 0.25, "samples_per_shard": 16, "remainder": "drop"},
+        "num_workers": 2,
+        "seed": 7,
+        "progress": False,
+    }
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(PipelineConfig, values, source="tiny_pipeline_config")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with manifest.json, tokenizer.model, train-*.tar and validation-*.tar.
+
+    Built once per session from tests/assets (a tiny wiki dump with a redirect, a talk page,
+    lists, a table and refs, plus three small books): max_seq_length 64, vocab ~600, dupe_factor 2.
+    """
+    from data_pipeline.run import run_pipeline
+
+    return run_pipeline(tiny_pipeline_config(tmp_path_factory.mktemp("tiny_shards") / "data"))
