@@ -34,6 +34,12 @@ def tiny_pipeline_config(output_dir: Path, **overrides):
 
 
 @pytest.fixture(scope="session")
+def tiny_config():
+    """``tiny_config(output_dir, num_workers=1, pairs__dupe_factor=3)`` → the tiny PipelineConfig."""
+    return tiny_pipeline_config
+
+
+@pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with manifest.json, tokenizer.model, train-*.tar and validation-*.tar.
 
