@@ -1,0 +1,1 @@
+"""BERT pretraining with DeepSpeed ZeRO: model, resumable shard reader, training loop, checkpoints."""
