@@ -1,0 +1,151 @@
+"""Bad inputs: skipped with a reason (good input kept and counted), or one clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from bertscale.errors import DataError
+from data_pipeline.run import run_pipeline
+from data_pipeline.schema import load_manifest
+
+ASSETS = Path(__file__).parents[1] / "assets"
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One Ray instance for the module; run_pipeline reuses it instead of starting its own."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    wiki = (ASSETS / "tiny_wiki.xml").read_text()
+    files = {
+        "truncated": tmp_path / "truncated.xml",
+        "empty_dump": tmp_path / "empty.xml",
+        "latin1": tmp_path / "latin1.txt",
+        "empty_book": tmp_path / "empty.txt",
+    }
+    files["truncated"].write_text(wiki[: wiki.index("<title>Long River")] + "<ns>0</ns><revision><text>cut")
+    files["empty_dump"].write_bytes(b"")
+    files["latin1"].write_bytes("Un caf\u00e9 tr\u00e8s chaud. Il fait froid dehors.".encode("latin-1"))
+    files["empty_book"].write_text("\n")
+    return files
+
+
+def test_bad_inputs_are_skipped_recorded_and_good_ones_kept(
+    local_ray, tiny_config, bad_files, tmp_path, capfd
+):
+    missing = str(tmp_path / "missing.xml.bz2")
+    cfg = tiny_config(
+        tmp_path / "out",
+        inputs__wiki=[
+            str(ASSETS / "tiny_wiki.xml"),
+            str(bad_files["truncated"]),
+            str(bad_files["empty_dump"]),
+            missing,
+        ],
+        inputs__books=[
+            str(ASSETS / "books" / "*.txt"),
+            str(bad_files["latin1"]),
+            str(bad_files["empty_book"]),
+        ],
+    )
+    manifest = load_manifest(run_pipeline(cfg))
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest.skipped}
+    assert reasons == {
+        "missing.xml.bz2": "not found",
+        "truncated.xml": reasons["truncated.xml"],
+        "empty.xml": "empty file",
+        "latin1.txt": "not UTF-8 (invalid byte at offset 6)",
+        "empty.txt": "empty file",
+    }
+    assert reasons["truncated.xml"].startswith("malformed dump after 4 pages")
+    assert reasons["truncated.xml"].endswith("(2 articles before it kept)")
+    # 4 articles + 2 kept from the truncated dump + 3 books
+    assert manifest.inputs["documents"] == 9
+    assert manifest.splits["train"].samples > 0
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 5
+    assert any(
+        w == f"warning: {bad_files['latin1']}: not UTF-8 (invalid byte at offset 6); skipped"
+        for w in warnings
+    )
+
+
+def test_on_bad_input_fail_names_the_file(local_ray, tiny_config, bad_files, tmp_path):
+    cfg = tiny_config(tmp_path / "out", on_bad_input="fail", inputs__books=[str(bad_files["latin1"])])
+    with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 \(invalid byte at offset 6\)"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_no_documents_at_all(local_ray, tiny_config, bad_files, tmp_path):
+    cfg = tiny_config(tmp_path / "out", inputs__wiki=[str(bad_files["empty_dump"])], inputs__books=[])
+    with pytest.raises(DataError, match="no documents with text in any input"):
+        run_pipeline(cfg)
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_dataset(tiny_config, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="refusing to replace it"):
+        run_pipeline(tiny_config(precious))
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_too_few_samples_for_a_shard_is_a_clear_error(local_ray, tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "out", split__samples_per_shard=100_000)
+    with pytest.raises(DataError, match=r"split 'train' has \d+ samples, fewer than split.samples_per_shard"):
+        run_pipeline(cfg)
+
+
+def test_pad_remainder_fills_the_last_shard(local_ray, tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "out", split__remainder="pad", split__samples_per_shard=50)
+    manifest = load_manifest(run_pipeline(cfg))
+    for split in manifest.splits.values():
+        assert [s.samples for s in split.shards] == [50] * len(split.shards)
+    assert manifest.dropped_samples == {"train": 0, "validation": 0}
+    assert (
+        manifest.splits["train"].samples + manifest.splits["validation"].samples >= manifest.inputs["pairs"]
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data_pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_config_errors_are_one_line(tmp_path):
+    result = run_cli("--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'nope.yaml'}: config file not found\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pairs:\n  max_seq_lenght: 64\n")
+    result = run_cli("--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: unknown key 'pairs.max_seq_lenght' (did you mean 'pairs.max_seq_length'?)"
+    ]
+
+
+@pytest.mark.slow
+def test_cli_builds_the_embedded_demo_corpus(tmp_path):
+    """No --config: the real gensim enwiki dump + Hamlet, end to end through the CLI."""
+    result = run_cli(f"output_dir={tmp_path / 'demo'}", "progress=false")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / 'demo'} (train: ")
+    manifest = load_manifest(tmp_path / "demo")
+    assert manifest.inputs["documents"] >= 100 and manifest.vocab_size == 8000
+    assert manifest.splits["train"].samples >= 4000 and manifest.skipped == []
+    assert 0.45 < manifest.inputs["random_next_fraction"] < 0.55
