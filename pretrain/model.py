@@ -433,9 +433,9 @@ class BertForPreTraining(nn.Module):
             masked = labels != IGNORE_INDEX  # (B, T)
             out.prediction_logits = self.cls.predictions(sequence_output[masked])  # (M, V): ~15% of tokens
             out.masked_lm_labels = labels[masked]  # (M,)
-            out.mlm_loss = F.cross_entropy(out.prediction_logits.float(), out.masked_lm_labels)
+            out.mlm_loss = _cross_entropy(out.prediction_logits, out.masked_lm_labels)
         if next_sentence_label is not None:
-            out.nsp_loss = F.cross_entropy(out.seq_relationship_logits.float(), next_sentence_label.view(-1))
+            out.nsp_loss = _cross_entropy(out.seq_relationship_logits, next_sentence_label.view(-1))
 
         parts = [loss for loss in (out.mlm_loss, out.nsp_loss) if loss is not None]
         out.loss = sum(parts[1:], parts[0]) if parts else None
@@ -446,6 +446,11 @@ class BertForPreTraining(nn.Module):
 
     def flops_per_token(self, seq_len: int, mlm_fraction: float = 0.15) -> float:
         return training_flops_per_token(self.config, seq_len, mlm_fraction)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # at least fp32: a bf16 log-softmax over the vocabulary loses the loss's precision
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
 
 
 def _count_parameters(model: nn.Module, exclude_embeddings: bool) -> int:
