@@ -112,9 +112,12 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         for name, prefix in (("validation", "eval"), ("test", "test")):
             if data.splits[name]:
                 final |= held_out(data.splits[name], prefix)
-        just_evaluated = len(periodic) == len(validation) and state.step % cfg.train.eval_every == 0
+        every = cfg.train.eval_every
+        logged = (
+            len(periodic) == len(validation) and every and state.step % every == 0
+        )  # eval_* already at this step
         tracker.log_metrics(
-            state.step, {k: v for k, v in final.items() if not (just_evaluated and k[:5] == "eval_")}
+            state.step, {k: v for k, v in final.items() if not (logged and k.startswith("eval_"))}
         )
         _save(engine, cfg, base, data.labels, dist.rank)
         if dist.rank == 0:

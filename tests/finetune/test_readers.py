@@ -74,7 +74,8 @@ def test_conll_optimus_format_lone_tab_separators_and_bad_tag():
     result = read_examples(path, "conll")
     assert result.examples == [
         TaggedExample(
-            ["@paulwalk", "Empire", "State", "Building", "."], ["O", "B-facility", "I-facility", "I-facility", "O"]
+            ["@paulwalk", "Empire", "State", "Building", "."],
+            ["O", "B-facility", "I-facility", "I-facility", "O"],
         ),
         TaggedExample(["Pretty", "bad", "storm"], ["O", "O", "O"]),
         TaggedExample(["John", "Smith", "likes", "London"], ["B-person", "I-person", "O", "B-geo-loc"]),
@@ -93,15 +94,17 @@ def test_conll2003_space_separated_tag_last_docstart_ignored():
 
 
 def test_missing_file_empty_result_and_bad_encoding(tmp_path):
-    with pytest.raises(DataError, match="nope.csv: dataset file not found"):
+    with pytest.raises(DataError, match=r"nope\.csv: dataset file not found"):
         read_examples(tmp_path / "nope.csv", "csv")
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
-    with pytest.raises(DataError, match=r"bad.jsonl: no usable examples \(first problem: .*bad.jsonl:1: not valid"):
+    with pytest.raises(
+        DataError, match=r"bad.jsonl: no usable examples \(first problem: .*bad.jsonl:1: not valid"
+    ):
         read_examples(only_bad, "jsonl")
     latin = tmp_path / "latin.fasttext"
     latin.write_bytes(b"__label__pos caf\xe9 \x97 good\n")
-    with pytest.raises(DataError, match="latin.fasttext: not utf-8 text"):
+    with pytest.raises(DataError, match=r"latin\.fasttext: not utf-8 text"):
         read_examples(latin, "fasttext")
     assert read_examples(latin, "fasttext", encoding="cp1252").examples[0].text == "café — good"
 
@@ -110,7 +113,7 @@ def test_infer_format():
     assert infer_format(Path("x/train.csv.bz2")) == "csv"
     assert infer_format(Path("dev.tsv")) == "tsv"
     assert infer_format(Path("a.jsonl.gz")) == "jsonl"
-    with pytest.raises(DataError, match="data.weird: cannot tell the format"):
+    with pytest.raises(DataError, match=r"data\.weird: cannot tell the format"):
         infer_format(Path("data.weird"))
 
 
@@ -127,7 +130,11 @@ def test_builtin_datasets_are_found_and_read(name, expected, labels):
     path = spec.locate()
     assert "site-packages" in str(path) or "dist-packages" in str(path)
     result = read_examples(
-        path, spec.format, text_column=spec.text_column, label_column=spec.label_column, encoding=spec.encoding
+        path,
+        spec.format,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        encoding=spec.encoding,
     )
     assert len(result.examples) == expected
     if labels is not None:

@@ -1,0 +1,209 @@
+"""End to end: ``python -m finetune`` on tiny checkpoints: MLflow run, PNG curves, saved model, ZeRO input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertscale.config import load_config
+from bertscale.errors import CheckpointError, ConfigError, run_cli
+from finetune.__main__ import main as cli_main
+from finetune.checkpoint import init_encoder, load_base, load_finetuned
+from finetune.config import FinetuneConfig, ModelConfig
+from finetune.data import eval_batches, load_task_data, load_tokenizer
+from finetune.evaluate import evaluate
+from finetune.heads import BertForTokenClassification
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "finetune" / "configs"
+
+
+def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _mlflow_run(output_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertscale-finetune")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_checkpoint, tmp_path):
+    out = tmp_path / "sentiment"
+    run_dir = tiny_checkpoint.parent.parent  # a pretrain run dir: follows checkpoints/latest
+    proc = _run(
+        [
+            "finetune",
+            "--config",
+            str(CONFIGS / "sentiment.yaml"),
+            f"model.checkpoint={run_dir}",
+            "dataset.max_examples=240",
+            "train.max_steps=12",
+            "train.micro_batch_size=8",
+            "train.eval_every=6",
+            "train.log_every=3",
+            "schedule.warmup_steps=2",
+            f"output_dir={out}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    client, run = _mlflow_run(out)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset.name"] == "rotten_tomatoes"
+    assert run.data.params["labels"] == "rotten,fresh"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == [3, 6, 9, 12]
+    assert all(0.0 < m.value < 5.0 for m in losses)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_accuracy")] == [0, 6, 12]
+    for key in ("test_accuracy", "test_macro_f1", "eval_macro_f1", "lr", "tokens_per_s"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"curves.png", "results.json", "config.yaml", "metrics.jsonl", "head.json"} <= artifacts
+    png = Path(client.download_artifacts(run.info.run_id, "curves.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    # the saved model reloads and reproduces the reported test metric exactly
+    results = json.loads((out / "results.json").read_text())
+    model, head = load_finetuned(out / "model")
+    assert (
+        head["id2label"] == {0: "rotten", 1: "fresh"}
+        and head["architecture"] == "BertForSequenceClassification"
+    )
+    cfg = load_config(FinetuneConfig, out / "model" / "config.yaml")
+    data = load_task_data(
+        cfg.dataset, load_tokenizer(out / "model" / "tokenizer.model"), cfg.max_seq_length, cfg.seed
+    )
+    again = evaluate(model, eval_batches(data.splits["test"], 16), data.labels)
+    assert again["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
+    assert again["loss"] == pytest.approx(results["test_loss"], rel=1e-4)
+
+
+ZERO_CHECKPOINT = textwrap.dedent(
+    """
+    import json, shutil, sys
+    from pathlib import Path
+    import torch
+    from pretrain.checkpoint import save_checkpoint
+    from pretrain.config import EngineConfig, OptimizerConfig, PretrainConfig, ScheduleConfig
+    from pretrain.engine import create_engine, init_distributed
+    from pretrain.model import BertConfig, BertForPreTraining
+
+    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    init_distributed()
+    config = BertConfig(**{k: v for k, v in json.loads((src / "bert_config.json").read_text()).items()
+                           if k in BertConfig.__dataclass_fields__})
+    torch.manual_seed(1)
+    engine = create_engine(BertForPreTraining(config), EngineConfig(zero_stage=2), OptimizerConfig(),
+                           ScheduleConfig(), 2, 10)
+    step = save_checkpoint(engine, out / "checkpoints", 10, bert_config=config, run_config=PretrainConfig(),
+                           tokenizer=src / "tokenizer.model", trainer_state={"data": None}, keep_last=1)
+    torch.save({k: v.clone() for k, v in engine.module.state_dict().items()}, out / "reference.pt")
+    (step / "model.safetensors").unlink()  # readers must now gather the ZeRO shards
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def zero_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zero")
+    script = out / "make.py"
+    script.write_text(ZERO_CHECKPOINT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_checkpoint), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint):
+    deepspeed_dir = zero_checkpoint / "checkpoints" / "step_00000010" / "deepspeed"
+    assert (
+        any(deepspeed_dir.rglob("*optim_states.pt"))
+        and not (deepspeed_dir.parent / "model.safetensors").exists()
+    )
+    base = load_base(ModelConfig(checkpoint=str(deepspeed_dir)))
+    assert base.tokenizer == deepspeed_dir.parent / "tokenizer.model"
+    model = BertForTokenClassification(base.config, num_labels=3)
+    init_encoder(model, base.weights, base.source)
+    reference = torch.load(zero_checkpoint / "reference.pt", weights_only=True)
+    own = model.state_dict()
+    encoder_keys = [k for k in own if k.startswith("bert.")]
+    assert len(encoder_keys) > 30
+    for key in encoder_keys:
+        torch.testing.assert_close(own[key], reference[key], rtol=0, atol=0)
+
+
+def test_cli_token_classification_from_zero_checkpoint(zero_checkpoint, tmp_path):
+    out = tmp_path / "ner"
+    proc = _run(
+        [
+            "finetune",
+            "--config",
+            str(CONFIGS / "ner.yaml"),
+            f"model.checkpoint={zero_checkpoint / 'checkpoints' / 'step_00000010' / 'deepspeed'}",
+            "dataset.max_examples=160",
+            "train.max_steps=8",
+            "train.micro_batch_size=8",
+            "train.eval_every=4",
+            "train.log_every=4",
+            "engine.zero_stage=2",
+            f"output_dir={out}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, run = _mlflow_run(out)
+    for key in ("eval_f1", "eval_precision", "eval_recall", "test_f1", "test_token_accuracy", "loss"):
+        assert 0.0 <= run.data.metrics[key] < 10.0, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_f1")] == [0, 4, 8]
+    assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    model, head = load_finetuned(out / "model")
+    assert head["id2label"][0] == "O" and len(head["id2label"]) == model.num_labels
+
+
+def test_bad_inputs_fail_with_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsys):
+    cases = [
+        (["model.checkpoint=/nonexistent/run"], "/nonexistent/run: checkpoint not found"),
+        (
+            [
+                f"model.checkpoint={tiny_checkpoint}",
+                "dataset.name=null",
+                "dataset.path=/no/such.csv",
+                "max_seq_length=32",
+            ],
+            "/no/such.csv",
+        ),
+        ([f"model.checkpoint={tiny_checkpoint}", "max_seq_length=512"], "max_position_embeddings 64"),
+        ([f"model.checkpoint={tiny_checkpoint}", "dataset.nmae=x"], "did you mean 'dataset.name'"),
+    ]
+    for overrides, expected in cases:
+        assert run_cli(cli_main, [*overrides, f"output_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def test_config_rules():
+    with pytest.raises(ConfigError, match=r"model\.checkpoint is required"):
+        load_config(FinetuneConfig, None, [])
+    cfg = load_config(FinetuneConfig, CONFIGS / "ner.yaml", ["model.checkpoint=x"])
+    assert cfg.task == "token_classification" and cfg.dataset.name == "optimus_ner"
+    assert cfg.optimizer.lr == pytest.approx(2e-4) and cfg.mlflow.experiment == "bertscale-finetune"
+    with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor a DeepSpeed checkpoint"):
+        load_base(ModelConfig(checkpoint=str(ROOT / "finetune" / "configs")))
