@@ -1,0 +1,256 @@
+"""finetune.export: our checkpoints <-> transformers directories, outputs equal elementwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from bertscale.errors import CheckpointError, ConfigError
+from finetune.export import (
+    export_to_hf,
+    load_hf_model,
+    main,
+    read_hf_checkpoint,
+    save_pretrained_dir,
+)
+from pretrain.checkpoint import load_pretrained
+from pretrain.model import IGNORE_INDEX, TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
+
+TINY = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+TOL = dict(atol=1e-5, rtol=1e-5)  # float32; transformers runs its default (sdpa) attention
+
+
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, TINY["vocab_size"], (3, 12), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 8:] = attention_mask[2, 5:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 4:] = 1
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, 1:4] = input_ids[:, 1:4]
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        labels=labels,
+        next_sentence_label=torch.tensor([0, 1, 0]),
+    )
+
+
+def ours_random(seed: int = 0) -> BertForPreTraining:
+    torch.manual_seed(seed)
+    model = BertForPreTraining(BertConfig(**TINY))
+    with torch.no_grad():  # non-trivial values everywhere, so a swapped tensor cannot go unnoticed
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    return model.eval()
+
+
+def hf_random(cls=transformers.BertForPreTraining, seed: int = 0):
+    torch.manual_seed(seed)
+    model = cls(transformers.BertConfig(**TINY))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    return model.eval()
+
+
+def assert_same_outputs(ours: BertForPreTraining, hf: transformers.BertForPreTraining) -> None:
+    b = batch()
+    real = b["attention_mask"].bool()
+    with torch.no_grad():
+        out, ref = ours(**b), hf(**b)
+        full = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    torch.testing.assert_close(full.prediction_logits[real], ref.prediction_logits[real], **TOL)
+    torch.testing.assert_close(
+        out.prediction_logits, ref.prediction_logits[b["labels"] != IGNORE_INDEX], **TOL
+    )
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits, **TOL)
+    torch.testing.assert_close(out.loss, ref.loss, **TOL)
+
+
+def test_export_loads_in_transformers_with_equal_weights_and_outputs(tmp_path):
+    ours = ours_random()
+    out = export_to_hf(ours.config, ours.state_dict(), tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+
+    hf = transformers.BertForPreTraining.from_pretrained(out).eval()
+    hf_state = hf.state_dict()
+    assert set(hf_state) == set(ours.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(hf_state[key], value), key
+    assert (
+        hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
+    assert_same_outputs(ours, hf)
+
+    encoder = transformers.BertModel.from_pretrained(out).eval()  # drops the heads, strips "bert."
+    b = batch()
+    real = b["attention_mask"].bool()
+    with torch.no_grad():
+        ref = encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        sequence_output, pooled_output = ours.bert(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    torch.testing.assert_close(sequence_output[real], ref.last_hidden_state[real], **TOL)
+    torch.testing.assert_close(pooled_output, ref.pooler_output, **TOL)
+
+
+@pytest.mark.parametrize("format", ["safetensors", "pytorch_model.bin"])
+def test_import_transformers_checkpoint_equal_outputs(tmp_path, format):
+    hf = hf_random()
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=format == "safetensors")
+    if format != "safetensors":  # transformers 5 always writes safetensors: make the legacy file by hand
+        (tmp_path / "hf" / "model.safetensors").unlink()
+        torch.save(hf.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    ours = load_hf_model(tmp_path / "hf")
+    assert not ours.training
+    assert ours.cls.predictions.decoder.weight is ours.bert.embeddings.word_embeddings.weight
+    for key, value in hf.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    assert_same_outputs(ours, hf)
+
+
+@pytest.mark.parametrize("pooler", [True, False])
+def test_import_bare_bert_model_as_encoder(tmp_path, pooler):
+    hf = hf_random(transformers.BertModel) if pooler else hf_random(transformers.BertForMaskedLM)
+    hf.save_pretrained(tmp_path / "hf")
+    encoder = load_hf_model(tmp_path / "hf", BertModel)
+    assert (encoder.pooler is not None) == pooler
+    b = batch()
+    real = b["attention_mask"].bool()
+    with torch.no_grad():
+        reference = hf.bert if not pooler else hf
+        ref = reference(b["input_ids"], b["attention_mask"], b["token_type_ids"]).last_hidden_state
+        sequence_output, _ = encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    torch.testing.assert_close(sequence_output[real], ref[real], **TOL)
+    with pytest.raises(CheckpointError, match="load it as BertModel" if pooler else "lacks"):
+        load_hf_model(tmp_path / "hf", BertForPreTraining)
+
+
+def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
+    ours = ours_random(seed=3)
+    step = save_pretrained_dir(
+        ours.config, ours.state_dict(), tmp_path / "run" / "checkpoints" / "step_00000005"
+    )
+    (step / "tokenizer.model").write_bytes(b"sentencepiece bytes")
+    (step.parent / "latest").write_text(step.name + "\n")
+
+    main(["--to-hf", str(tmp_path / "run"), str(tmp_path / "hf")])  # a run dir resolves to its latest step
+    assert "transformers BertForPreTraining" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert_same_outputs(ours, transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval())
+
+    main(["--from-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
+    config, state = load_pretrained(tmp_path / "back")
+    assert config == ours.config
+    assert set(state) == set(ours.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert (tmp_path / "back" / "tokenizer.model").is_file()
+
+
+def test_read_hf_checkpoint_renames_legacy_keys(tmp_path):
+    hf = hf_random(transformers.BertModel)
+    legacy = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf.state_dict().items()
+    }
+    legacy["embeddings.position_ids"] = torch.arange(TINY["max_position_embeddings"])[None]  # old buffer
+    (tmp_path / "hf").mkdir()
+    torch.save(legacy, tmp_path / "hf" / "pytorch_model.bin")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    _, state = read_hf_checkpoint(tmp_path / "hf")
+    assert set(state) == {f"bert.{k}" for k in hf.state_dict()}
+    torch.testing.assert_close(
+        state["bert.embeddings.LayerNorm.weight"], hf.state_dict()["embeddings.LayerNorm.weight"]
+    )
+
+
+class NotAWeight:  # a pickle that weights_only loading must refuse
+    pass
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        (lambda d: (d / "config.json").unlink(), CheckpointError, "no config.json"),
+        (lambda d: (d / "config.json").write_text("{oops"), CheckpointError, "config.json: not valid JSON"),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({**TINY, "model_type": "gpt2"})),
+            ConfigError,
+            "config.json: model_type is 'gpt2'",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20),
+            CheckpointError,
+            "corrupt safetensors",
+        ),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({**TINY, "hidden_size": 64})),
+            CheckpointError,
+            r"has shape \(120, 32\), the config gives \(120, 64\)",
+        ),
+        (
+            lambda d: (
+                (d / "model.safetensors").unlink(),
+                torch.save({"x": NotAWeight()}, d / "pytorch_model.bin"),
+            ),
+            CheckpointError,
+            "pytorch_model.bin: not a loadable weights-only state dict",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), CheckpointError, "no model.safetensors"),
+    ],
+)
+def test_bad_transformers_directory_is_one_clear_error(tmp_path, damage, error, message):
+    hf_random().save_pretrained(tmp_path / "hf")
+    damage(tmp_path / "hf")
+    with pytest.raises(error, match=message) as err:
+        load_hf_model(tmp_path / "hf")
+    assert str(tmp_path / "hf") in str(err.value)
+
+
+def test_export_refuses_weights_that_do_not_match_the_config(tmp_path):
+    ours = ours_random()
+    state = {k: v for k, v in ours.state_dict().items() if k != "bert.pooler.dense.weight"}
+    with pytest.raises(CheckpointError, match="lacks 1 tensors of BertForPreTraining"):
+        export_to_hf(ours.config, state, tmp_path / "hf", source="ckpt")
+    assert not (tmp_path / "hf").exists()
+    tied_dropped = {k: v for k, v in ours.state_dict().items() if k not in TIED_WEIGHTS}
+    export_to_hf(ours.config, tied_dropped, tmp_path / "hf")  # tied keys may be absent: restored
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.export",
+            "--from-hf",
+            str(tmp_path / "missing"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'missing'}: not a directory (expected a transformers checkpoint directory)"
+    )
+    assert not (tmp_path / "out").exists()
