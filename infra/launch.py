@@ -92,6 +92,9 @@ def _resolve_hostfile(args: argparse.Namespace) -> tuple[Path, list[tuple[str, i
     text = render_hostfile(hosts, args.slots)
     if args.write_hostfile:
         path = Path(args.write_hostfile)
+    elif args.dry_run:  # show it, leave no file behind
+        print("".join(f"# hostfile: {line}\n" for line in text.splitlines()), end="")
+        return Path("hostfile"), [(host, args.slots) for host in hosts]
     else:
         fd, name = tempfile.mkstemp(prefix="bertscale-hostfile-")
         os.close(fd)
