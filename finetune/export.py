@@ -34,8 +34,6 @@ from safetensors.torch import load_file, save_file
 from bertscale.atomic import atomic_directory
 from bertscale.errors import CheckpointError, run_cli
 from data_pipeline.schema import TOKENIZER_NAME
-from finetune.checkpoint import _find_tokenizer as find_tokenizer
-from pretrain.checkpoint import load_pretrained
 from pretrain.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
@@ -234,6 +232,8 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
 
     if args.to_hf is not None:
+        from pretrain.checkpoint import load_pretrained  # imports deepspeed: only for this direction
+
         source = args.to_hf
         config, state = load_pretrained(source)
         out = export_to_hf(config, state, args.out, _tokenizer_beside(source), str(source))
@@ -264,6 +264,8 @@ def _model_kwargs(cls: type[BertForPreTraining | BertModel], state: StateDict) -
 
 
 def _tokenizer_beside(source: Path) -> Path | None:
+    from finetune.checkpoint import _find_tokenizer as find_tokenizer  # where fine-tuning looks, too
+
     try:
         return find_tokenizer(source)
     except CheckpointError:  # a transformers directory has none of ours: nothing to copy
