@@ -67,22 +67,24 @@ class Pair:
 
 
 def truncate_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int, rng: np.random.Generator):
-    """Trim the longer side, from its front or back at random, until both fit."""
-    a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
-    while (a_hi - a_lo) + (b_hi - b_lo) > max_num_tokens:
-        if a_hi - a_lo > b_hi - b_lo:
-            if rng.random() < 0.5:
-                a_lo += 1
-            else:
-                a_hi -= 1
-        elif rng.random() < 0.5:
-            b_lo += 1
-        else:
-            b_hi -= 1
-    return a[a_lo:a_hi], b[b_lo:b_hi]
+    """Trim the longer side (B on ties), one token at a time from its front or back at random.
+
+    Same distribution as the reference's token-by-token loop, in closed form: how many tokens
+    each side loses is fixed by the leveling rule, and how many of those come off the front is
+    Binomial(n, 1/2).
+    """
+    excess = len(a) + len(b) - max_num_tokens
+    if excess <= 0:
+        return a, b
+    first = min(excess, abs(len(a) - len(b)))  # the longer side alone, until level
+    cut_a, cut_b = (first, 0) if len(a) > len(b) else (0, first)
+    rest = excess - first  # then alternately, B first
+    cut_a, cut_b = cut_a + rest // 2, cut_b + (rest + 1) // 2
+    front_a, front_b = rng.binomial(cut_a, 0.5), rng.binomial(cut_b, 0.5)
+    return a[front_a : len(a) - (cut_a - front_a)], b[front_b : len(b) - (cut_b - front_b)]
 
 
-def _random_document(corpus: Corpus, pool: np.ndarray, doc_id: int, rng: np.random.Generator) -> int | None:
+def _random_document(pool: np.ndarray, doc_id: int, rng: np.random.Generator) -> int | None:
     for _ in range(10):
         other = int(pool[rng.integers(len(pool))])
         if other != doc_id:
@@ -94,46 +96,46 @@ def create_pairs(
     corpus: Corpus, doc_id: int, pool: np.ndarray, max_seq_length: int, short_seq_prob: float,
     rng: np.random.Generator,
 ) -> list[Pair]:  # fmt: skip
-    """Sentence pairs from one document (A: consecutive sentences; B: the rest or another document)."""
-    document = corpus.document(doc_id)
+    """Sentence pairs from one document (A: consecutive sentences; B: the rest or another document).
+
+    Sentences lie back to back in ``corpus.tokens``, so A and B are slices of it (no copies);
+    ``s`` indexes sentences, ``off[s]`` is where sentence ``s`` starts.
+    """
+    tokens, off, docs = corpus.tokens, corpus.sentence_offsets, corpus.document_offsets
+    first, last = int(docs[doc_id]), int(docs[doc_id + 1])
     max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
     target_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_length = int(rng.integers(2, max_num_tokens + 1))
 
     pairs: list[Pair] = []
-    chunk: list[np.ndarray] = []
-    chunk_length = 0
-    i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += len(document[i])
-        if i == len(document) - 1 or chunk_length >= target_length:
-            a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
-            tokens_a = np.concatenate(chunk[:a_end])
-            other = _random_document(corpus, pool, doc_id, rng) if rng.random() < 0.5 else None
+    chunk_start = s = first
+    while s < last:
+        if s == last - 1 or off[s + 1] - off[chunk_start] >= target_length:
+            num_sentences = s + 1 - chunk_start
+            a_end = chunk_start + (int(rng.integers(1, num_sentences)) if num_sentences >= 2 else 1)
+            tokens_a = tokens[off[chunk_start] : off[a_end]]
+            other = _random_document(pool, doc_id, rng) if rng.random() < 0.5 else None
             if other is not None:
+                # sentences from a random start in the other document until B reaches its target
                 target_b_length = max(1, target_length - len(tokens_a))
-                random_doc = corpus.document(other)
-                start = int(rng.integers(len(random_doc)))
-                # sentences from a random start until B reaches its target length
-                reach = np.cumsum([len(s) for s in random_doc[start:]])
-                count = int(np.searchsorted(reach, target_b_length)) + 1
-                tokens_b = np.concatenate(random_doc[start : start + count])
-                i -= len(chunk) - a_end  # the unused sentences start the next chunk
-            elif len(chunk) >= 2:
-                tokens_b = np.concatenate(chunk[a_end:])
+                other_last = int(docs[other + 1])
+                start = int(rng.integers(docs[other], other_last))
+                reach = int(np.searchsorted(off[start + 1 : other_last + 1], off[start] + target_b_length))
+                tokens_b = tokens[off[start] : off[min(start + 1 + reach, other_last)]]
+                s = a_end - 1  # the unused sentences start the next chunk
+            elif num_sentences >= 2:
+                tokens_b = tokens[off[a_end] : off[s + 1]]
             elif len(tokens_a) >= 2:  # one sentence: A and B are its two halves, cut at random
                 cut = int(rng.integers(1, len(tokens_a)))
                 tokens_a, tokens_b = tokens_a[:cut], tokens_a[cut:]
-            else:  # a one-token document: no pair possible
-                chunk, chunk_length = [], 0
-                i += 1
+            else:  # a one-token sentence alone: no pair possible
+                chunk_start = s = s + 1
                 continue
             tokens_a, tokens_b = truncate_pair(tokens_a, tokens_b, max_num_tokens, rng)
             pairs.append(Pair(tokens_a, tokens_b, other is not None))
-            chunk, chunk_length = [], 0
-        i += 1
+            chunk_start = s + 1
+        s += 1
     return pairs
 
 
@@ -145,13 +147,9 @@ def _word_groups(candidates: np.ndarray, input_ids: np.ndarray, word_start: np.n
     return np.split(candidates, np.flatnonzero(starts)[1:])
 
 
-def _choose_positions(
-    candidates: np.ndarray, num_to_predict: int, rng: np.random.Generator, words: list[np.ndarray] | None
-) -> np.ndarray:
-    if words is None:
-        return rng.choice(candidates, size=num_to_predict, replace=False)
-    # Whole words in random order while they fit; if the budget is not met exactly, the first word
-    # that did not fit is masked in part so every draw has the same count (the shard's (D, M)).
+def _choose_positions(num_to_predict: int, rng: np.random.Generator, words: list[np.ndarray]) -> np.ndarray:
+    """Whole words in random order while they fit; if the count is not met exactly, the first word
+    that did not fit is masked in part, so every draw has the same count (the shard's (D, M))."""
     chosen: list[np.ndarray] = []
     left = num_to_predict
     spill: np.ndarray | None = None
@@ -179,41 +177,54 @@ def mask_tokens(
     15% of the non-special tokens are chosen; of those 80% become [MASK], 10% a random
     non-special token and 10% stay. ``word_start`` (bool per vocabulary id) turns on whole-word masking.
     """
-    candidates = np.flatnonzero(input_ids >= NUM_SPECIAL_TOKENS)
-    num_to_predict = min(max_predictions, max(1, round(len(candidates) * masked_lm_prob)), len(candidates))
-    words = _word_groups(candidates, input_ids, word_start) if word_start is not None else None
-    positions = np.empty((num_draws, num_to_predict), dtype=np.int64)
-    ids = np.empty((num_draws, num_to_predict), dtype=np.int64)
-    for d in range(num_draws):
-        chosen = np.sort(_choose_positions(candidates, num_to_predict, rng, words))
-        roll = rng.random(num_to_predict)
-        random_ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, size=num_to_predict)
-        original = input_ids[chosen]
-        positions[d] = chosen
-        ids[d] = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, original))
-    return positions, ids
+    return mask_batch([input_ids], num_draws, masked_lm_prob, max_predictions, vocab_size, rng, word_start)[0]
 
 
-def pair_to_sample(
-    key: str, pair: Pair, cfg: PairsConfig, vocab_size: int, rng: np.random.Generator,
-    word_start: np.ndarray | None = None,
-) -> Sample:  # fmt: skip
+def mask_batch(
+    sequences: list[np.ndarray], num_draws: int, masked_lm_prob: float, max_predictions: int,
+    vocab_size: int, rng: np.random.Generator, word_start: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """:func:`mask_tokens` for many sequences at once (a handful of numpy calls in all, not per sequence)."""
+    lengths = np.array([len(x) for x in sequences])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat = np.concatenate(sequences)
+    candidates = np.flatnonzero(flat >= NUM_SPECIAL_TOKENS)  # (K,) flat positions, sequence by sequence
+    owner = np.searchsorted(starts, candidates, side="right") - 1  # (K,) sequence of each candidate
+    counts = np.bincount(owner, minlength=len(sequences))
+    num_to_predict = np.minimum(np.clip(np.round(counts * masked_lm_prob), 1, max_predictions), counts)
+    num_to_predict = num_to_predict.astype(np.int64)
+    if word_start is None:
+        # Per sequence, the M smallest of uniform keys are a uniform M-subset. Sorting by
+        # owner + key (key < 1) groups candidates by sequence, so one argsort serves them all.
+        order = np.argsort(owner + rng.random((num_draws, len(candidates))), axis=1)  # (D, K)
+        rank = np.arange(len(candidates)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[owner]
+        chosen = np.sort(order[:, rank < num_to_predict[owner]], axis=1)  # (D, sum M), grouped
+        positions = candidates[chosen]
+    else:
+        rows = []
+        for i, seq in enumerate(sequences):
+            words = _word_groups(np.flatnonzero(seq >= NUM_SPECIAL_TOKENS), seq, word_start)
+            rows.append([np.sort(_choose_positions(num_to_predict[i], rng, words)) for _ in range(num_draws)])
+        positions = np.concatenate(
+            [np.stack(r) + start for r, start in zip(rows, starts, strict=True)], axis=1
+        )
+    roll = rng.random(positions.shape)
+    random_ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, size=positions.shape)
+    ids = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, flat[positions]))
+    bounds = np.concatenate([[0], np.cumsum(num_to_predict)])
+    return [
+        (positions[:, a:b] - start, ids[:, a:b])
+        for a, b, start in zip(bounds[:-1], bounds[1:], starts, strict=True)
+    ]
+
+
+def pair_inputs(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """``[CLS] A [SEP] B [SEP]`` → (input_ids int32, token_type_ids uint8)."""
     a, b = pair.tokens_a, pair.tokens_b
     input_ids = np.concatenate([[CLS_ID], a, [SEP_ID], b, [SEP_ID]]).astype(np.int32)
     token_type_ids = np.zeros(len(input_ids), dtype=np.uint8)
     token_type_ids[len(a) + 2 :] = 1
-    positions, ids = mask_tokens(
-        input_ids, cfg.dupe_factor, cfg.masked_lm_prob, cfg.max_predictions_per_seq, vocab_size, rng,
-        word_start if cfg.whole_word_masking else None,
-    )  # fmt: skip
-    return Sample(
-        key=key,
-        input_ids=input_ids,
-        token_type_ids=token_type_ids,
-        masked_positions=positions.astype(np.int16),
-        masked_ids=ids.astype(np.int32),
-        next_sentence_label=NEXT_IS_RANDOM if pair.is_random_next else NEXT_IS_REAL,
-    )
+    return input_ids, token_type_ids
 
 
 def document_samples(
@@ -223,7 +234,23 @@ def document_samples(
     """All samples of one document; the generator depends only on (seed, doc_id)."""
     rng = np.random.default_rng([seed, doc_id])
     pairs = create_pairs(corpus, doc_id, pool, cfg.max_seq_length, cfg.short_seq_prob, rng)
+    if not pairs:
+        return []
+    inputs = [pair_inputs(pair) for pair in pairs]
+    masks = mask_batch(
+        [input_ids for input_ids, _ in inputs], cfg.dupe_factor, cfg.masked_lm_prob,
+        cfg.max_predictions_per_seq, vocab_size, rng, word_start if cfg.whole_word_masking else None,
+    )  # fmt: skip
     return [
-        pair_to_sample(f"d{doc_id:09d}p{j:05d}", pair, cfg, vocab_size, rng, word_start)
-        for j, pair in enumerate(pairs)
+        Sample(
+            key=f"d{doc_id:09d}p{j:05d}",
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            masked_positions=positions.astype(np.int16),
+            masked_ids=ids.astype(np.int32),
+            next_sentence_label=NEXT_IS_RANDOM if pair.is_random_next else NEXT_IS_REAL,
+        )
+        for j, (pair, (input_ids, token_type_ids), (positions, ids)) in enumerate(
+            zip(pairs, inputs, masks, strict=True)
+        )
     ]

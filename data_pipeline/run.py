@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from bertscale.errors import DataError
 from data_pipeline import sources
 from data_pipeline.config import PairsConfig, PipelineConfig
 from data_pipeline.instances import Corpus, document_samples
-from data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo, encode_sample
-from data_pipeline.shards import EncodedSample, plan_shards, write_manifest, write_split
+from data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from data_pipeline.shards import SampleBatch, plan_shards, write_manifest, write_split
 from data_pipeline.tokenizer import (
     load_tokenizer_model,
     model_sha256,
@@ -54,7 +55,7 @@ def _encode_task(model_proto: bytes, documents: list[list[str]]) -> tuple[np.nda
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     bounds = np.cumsum([0, *(len(doc) for doc in documents)])
     per_doc = np.array([np.count_nonzero(lengths[a:b]) for a, b in itertools.pairwise(bounds)], np.int64)
-    tokens = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return tokens, lengths[lengths > 0], per_doc
 
 
@@ -62,19 +63,23 @@ def _encode_task(model_proto: bytes, documents: list[list[str]]) -> tuple[np.nda
 def _samples_task(
     corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
     word_start: np.ndarray,
-) -> list[tuple[int, EncodedSample, int]]:  # fmt: skip
-    out = []
+) -> SampleBatch:  # fmt: skip
+    samples, doc_ids = [], []
     for doc_id in range(first, last):
-        for s in document_samples(corpus, doc_id, pool, cfg, vocab_size, seed, word_start):
-            out.append((doc_id, EncodedSample(s.key, encode_sample(s), s.num_tokens), s.next_sentence_label))
-    return out
+        made = document_samples(corpus, doc_id, pool, cfg, vocab_size, seed, word_start)
+        samples += made
+        doc_ids += [doc_id] * len(made)
+    return SampleBatch.from_samples(samples, doc_ids)
 
 
 # --- driver ----------------------------------------------------------------------------------
 
 
-def run_pipeline(cfg: PipelineConfig) -> Path:
-    """Build the dataset described by ``cfg``; returns the output directory."""
+def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> Path:
+    """Build the dataset described by ``cfg``; returns the output directory.
+
+    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py).
+    """
     output = Path(cfg.output_dir)
     if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
         raise DataError(
@@ -82,7 +87,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         )
     started = _init_ray(cfg.num_workers)
     try:
-        return _run(cfg, output)
+        return _run(cfg, output, _Clock(timings if timings is not None else {}))
     finally:
         if started:
             ray.shutdown()
@@ -110,6 +115,18 @@ class _Skips:
             raise DataError(f"{path}: {reason}")
         self.items.append({"path": path, "reason": reason})
         print(f"warning: {path}: {reason}; skipped", file=sys.stderr, flush=True)
+
+
+class _Clock:
+    """Wall seconds per stage, measured from one ``lap`` to the next."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] = now - self.last
+        self.last = now
 
 
 def _raw_documents(cfg: PipelineConfig, skips: _Skips) -> Iterator[sources.RawDocument]:
@@ -170,7 +187,7 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _run(cfg: PipelineConfig, output: Path) -> Path:
+def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
     workers = cfg.num_workers
     skips = _Skips(cfg.on_bad_input == "fail")
@@ -188,6 +205,7 @@ def _run(cfg: PipelineConfig, output: Path) -> Path:
     documents = [doc.sentences for chunk in cleaned for doc in chunk if doc.sentences]
     if not documents:
         raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+    clock.lap("read_clean")
 
     # 2. tokenizer: trained once on the driver, or loaded
     if cfg.tokenizer.model_path:
@@ -196,6 +214,7 @@ def _run(cfg: PipelineConfig, output: Path) -> Path:
         model_proto = train_tokenizer([s for doc in documents for s in doc], cfg.tokenizer, cfg.seed)
     sp = processor(model_proto)
     vocab_size = sp.get_piece_size()
+    clock.lap("tokenizer")
 
     # 3. encode sentences in the workers
     model_ref = ray.put(model_proto)
@@ -212,6 +231,7 @@ def _run(cfg: PipelineConfig, output: Path) -> Path:
         document_offsets=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
     )
     num_docs = corpus.num_documents
+    clock.lap("encode")
 
     # 4. pairs + masks; the random-B pool is a seeded sample of documents, the same for any split of work
     pool = np.arange(num_docs)
@@ -227,27 +247,26 @@ def _run(cfg: PipelineConfig, output: Path) -> Path:
         for a, b in parts
     ]
     produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
-    samples = [item for chunk in produced for item in chunk]
+    samples = SampleBatch.concatenate(produced)
+    clock.lap("pairs")
 
     # 5. split by document, shuffle each split (seeded), cut into equal shards
     num_val = round(cfg.split.validation_fraction * num_docs)
     if cfg.split.validation_fraction > 0 and num_docs >= 2:
         num_val = min(max(num_val, 1), num_docs - 1)
-    validation_docs = set(np.random.default_rng([cfg.seed, 0x5]).permutation(num_docs)[:num_val].tolist())
-    by_split: dict[str, list[EncodedSample]] = {split: [] for split in SPLITS}
-    for doc_id, sample, _ in samples:
-        by_split["validation" if doc_id in validation_docs else "train"].append(sample)
+    validation_docs = np.random.default_rng([cfg.seed, 0x5]).permutation(num_docs)[:num_val]
+    in_validation = np.isin(samples.doc_ids, validation_docs)
+    members = {"train": np.flatnonzero(~in_validation), "validation": np.flatnonzero(in_validation)}
 
     split_infos: dict[str, SplitInfo] = {}
     dropped: dict[str, int] = {}
     with atomic_directory(output) as tmp:
         for index, split in enumerate(SPLITS):
-            order = np.random.default_rng([cfg.seed, 0x51, index]).permutation(len(by_split[split]))
-            shuffled = [by_split[split][i] for i in order]
-            shards, dropped[split] = plan_shards(
-                shuffled, cfg.split.samples_per_shard, cfg.split.remainder, split
+            order = np.random.default_rng([cfg.seed, 0x51, index]).permutation(members[split])
+            plans, dropped[split] = plan_shards(
+                order, cfg.split.samples_per_shard, cfg.split.remainder, split
             )
-            split_infos[split] = write_split(tmp, split, shards, cfg.split.samples_per_shard)
+            split_infos[split] = write_split(tmp, split, samples, plans, cfg.split.samples_per_shard)
         with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
             f.write(model_proto)
         manifest = Manifest(
@@ -262,11 +281,12 @@ def _run(cfg: PipelineConfig, output: Path) -> Path:
                 "sentences": len(lengths),
                 "tokens": len(tokens),
                 "pairs": len(samples),
-                "random_next_fraction": float(np.mean([label for *_, label in samples])) if samples else 0.0,
+                "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
                 "validation_documents": num_val,
             },
             skipped=skips.items,
             dropped_samples=dropped,
         )
         write_manifest(tmp, manifest)
+    clock.lap("write")
     return output

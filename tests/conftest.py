@@ -19,7 +19,7 @@ def tiny_pipeline_config(output_dir: Path, **overrides):
         "output_dir": str(output_dir),
         "tokenizer": {"vocab_size": 600},
         "pairs": {"max_seq_length": 64, "dupe_factor": 2, "max_predictions_per_seq": 10},
-        "split": {"validation_fraction": 0.25, "samples_per_shard": 16, "remainder": "drop"},
+        "split": {"validation_fraction": 0.25, "samples_per_shard": 8, "remainder": "drop"},
         "num_workers": 2,
         "seed": 7,
         "progress": False,
@@ -44,7 +44,8 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with manifest.json, tokenizer.model, train-*.tar and validation-*.tar.
 
     Built once per session from tests/assets (a tiny wiki dump with a redirect, a talk page,
-    lists, a table and refs, plus three small books): max_seq_length 64, vocab ~600, dupe_factor 2.
+    lists, a table and refs, plus three small books): max_seq_length 64, vocab 600, dupe_factor 2,
+    8 samples per shard (~31 train shards, 1 validation shard).
     """
     from data_pipeline.run import run_pipeline
 

@@ -33,7 +33,7 @@ def test_shards_decode_to_the_schema(tiny_shards: Path) -> None:
         keys = set()
         for path in paths:
             samples = list(read_shard(path))  # decode_sample validates every sample
-            assert len(samples) == manifest.splits[split].samples_per_shard == 16
+            assert len(samples) == manifest.splits[split].samples_per_shard == 8
             for s in samples:
                 assert s.key not in keys
                 keys.add(s.key)

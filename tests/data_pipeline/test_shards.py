@@ -1,0 +1,82 @@
+"""The fast serialisers match numpy and tarfile byte for byte; shard planning keeps shards equal."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertscale.errors import DataError
+from data_pipeline.schema import Sample, encode_sample, read_shard
+from data_pipeline.shards import SampleBatch, npy_bytes, plan_shards, tar_header, write_shard
+
+
+def make_sample(key: str, length: int, rng: np.random.Generator) -> Sample:
+    ids = np.concatenate([[2], rng.integers(5, 900, length - 3), [3], rng.integers(5, 900, 1), [3]])
+    return Sample(
+        key=key,
+        input_ids=ids.astype(np.int32),
+        token_type_ids=np.r_[np.zeros(length - 1), np.ones(2)].astype(np.uint8),
+        masked_positions=np.sort(rng.choice(np.arange(1, length - 2), (3, 4)), axis=1).astype(np.int16),
+        masked_ids=rng.integers(4, 900, (3, 4)).astype(np.int32),
+        next_sentence_label=int(rng.integers(2)),
+    )
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.arange(7, dtype=np.int32), np.zeros((5, 18), np.int16), np.zeros(0, np.uint8),
+     np.ones((2, 0), np.int32), np.arange(100_000, dtype=np.int32)],
+)  # fmt: skip
+def test_npy_bytes_equal_np_save(array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    assert npy_bytes(array) == buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name", ["a.npy", "d000000001p00002.masked_positions.npy", "x" * 100, "d" * 60 + "/" + "y" * 60]
+)
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 10**9])
+def test_tar_header_equals_tarfile(name: str, size: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    assert tar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_shard_round_trip_and_padding(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [make_sample(f"d{i:09d}p00000", int(rng.integers(8, 40)), rng) for i in range(10)]
+    batch = SampleBatch.from_samples(samples, list(range(10)))
+    plans, dropped = plan_shards(np.arange(10)[::-1], 4, "pad", "train")
+    assert dropped == 0 and [len(p.indices) for p in plans] == [4, 4, 4]
+    infos = [write_shard(tmp_path / f"train-{i:06d}.tar", batch, p) for i, p in enumerate(plans)]
+    decoded = [s for i in range(3) for s in read_shard(tmp_path / f"train-{i:06d}.tar")]
+    expected = [samples[i] for i in [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8]]
+    assert [s.key for s in decoded[:10]] == [s.key for s in expected[:10]]
+    assert [s.key for s in decoded[10:]] == ["d000000009p00000_pad2", "d000000008p00000_pad3"]
+    for got, want in zip(decoded, expected, strict=True):
+        assert encode_sample(got) == encode_sample(want)
+    assert infos[0].tokens == sum(s.num_tokens for s in expected[:4])
+    assert all((tmp_path / i.name).stat().st_size % tarfile.RECORDSIZE == 0 for i in infos)
+    # the tar members are exactly what schema.encode_sample defines
+    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+        first = {
+            m.name.partition(".")[2]: tar.extractfile(m).read()
+            for m in tar
+            if m.name.startswith(samples[9].key)
+        }
+    assert first == encode_sample(samples[9])
+
+
+def test_plan_shards_drop_and_too_few() -> None:
+    plans, dropped = plan_shards(np.arange(10), 4, "drop", "train")
+    assert [p.indices.tolist() for p in plans] == [[0, 1, 2, 3], [4, 5, 6, 7]] and dropped == 2
+    with pytest.raises(
+        DataError, match=r"split 'validation' has 3 samples, fewer than split\.samples_per_shard=4"
+    ):
+        plan_shards(np.arange(3), 4, "drop", "validation")
+    assert plan_shards(np.arange(0), 4, "drop", "validation") == ([], 0)
