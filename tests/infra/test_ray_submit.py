@@ -1,0 +1,76 @@
+"""`ray job submit` through infra.ray_submit against a real, private Ray head on 127.0.0.1."""
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bertscale.config import save_config
+from bertscale.errors import ConfigError
+from infra.ray_submit import local_head, submit, submit_command
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+
+
+def test_submit_command():
+    cmd = submit_command("http://127.0.0.1:8265", ["python", "-m", "data_pipeline"], "id1", HERE, 1.0)
+    assert cmd[1:] == [
+        "job", "submit", "--address", "http://127.0.0.1:8265", "--submission-id", "id1",
+        "--working-dir", str(HERE), "--entrypoint-num-cpus", "1.0", "--", "python", "-m", "data_pipeline",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="no entrypoint"):
+        submit_command("http://x", [], "id1")
+    with pytest.raises(ConfigError, match="not a directory"):
+        submit_command("http://x", ["true"], "id1", HERE / "missing")
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def test_local_head_runs_jobs_and_reports_failure(tmp_path):
+    with local_head(num_cpus=2) as head:
+        pids = [p.pid for p in _tree(head.process.pid)]
+        port = int(head.address.rsplit(":", 1)[1])
+        dashboard = [
+            conn.laddr
+            for p in _tree(head.process.pid)
+            for conn in p.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+        ]
+        assert [addr.ip for addr in dashboard] == ["127.0.0.1"]  # the job API is loopback only
+
+        ok_file, bad_file = tmp_path / "ok.json", tmp_path / "bad.json"
+        submission_id, status = submit(
+            head.address, ["python", "ray_job.py", str(ok_file)], HERE, timeout=120
+        )
+        assert submission_id.startswith("bertscale-")
+        assert status == "SUCCEEDED"
+        record = json.loads(ok_file.read_text())
+        assert record["sum"] == sum(i * i for i in range(10))
+        assert record["cluster_cpus"] == 2.0  # ran on this head, not on a fresh local instance
+        assert Path(record["cwd"]) != HERE  # the working dir was uploaded, not used in place
+
+        _, status = submit(head.address, ["python", "ray_job.py", str(bad_file), "3"], HERE, timeout=120)
+        assert status == "FAILED"
+        assert bad_file.exists()
+    # Stopping the head took its whole process tree with it (and nothing else: no `ray stop`).
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+    assert not head.temp_dir.exists()
+
+
+@pytest.mark.slow
+def test_data_pipeline_as_ray_job(tmp_path, tiny_config):
+    config = tmp_path / "pipeline.yaml"
+    save_config(tiny_config(tmp_path / "shards"), config)
+    with local_head(num_cpus=2) as head:
+        _, status = submit(
+            head.address, ["python", "-m", "data_pipeline", "--config", str(config)], REPO, timeout=300
+        )
+    assert status == "SUCCEEDED"
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert sorted((tmp_path / "shards").glob("train-*.tar"))
+    assert manifest  # the pipeline wrote its manifest from inside the job
