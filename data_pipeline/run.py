@@ -191,6 +191,8 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
     workers = cfg.num_workers
     skips = _Skips(cfg.on_bad_input == "fail")
+    given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
+    model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
 
     # 1. read and clean: the driver streams raw pages, workers run mwparserfromhell + sentence split
     refs, sizes = [], []
@@ -208,9 +210,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     clock.lap("read_clean")
 
     # 2. tokenizer: trained once on the driver, or loaded
-    if cfg.tokenizer.model_path:
-        model_proto = load_tokenizer_model(sources.resolve_path(cfg.tokenizer.model_path))
-    else:
+    if model_proto is None:
         model_proto = train_tokenizer([s for doc in documents for s in doc], cfg.tokenizer, cfg.seed)
     sp = processor(model_proto)
     vocab_size = sp.get_piece_size()

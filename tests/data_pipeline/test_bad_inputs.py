@@ -149,3 +149,15 @@ def test_cli_builds_the_embedded_demo_corpus(tmp_path):
     assert manifest.inputs["documents"] >= 100 and manifest.vocab_size == 8000
     assert manifest.splits["train"].samples >= 4000 and manifest.skipped == []
     assert 0.45 < manifest.inputs["random_next_fraction"] < 0.55
+
+
+def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_path):
+    cfg = tiny_config(tmp_path / "out", tokenizer__model_path=str(tiny_shards / "tokenizer.model"))
+    reused, original = load_manifest(run_pipeline(cfg)), load_manifest(tiny_shards)
+    assert reused.tokenizer_sha256 == original.tokenizer_sha256
+    assert [s.sha256 for s in reused.splits["train"].shards] == [
+        s.sha256 for s in original.splits["train"].shards
+    ]
+    (tmp_path / "bad.model").write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match=r"bad.model: not a SentencePiece model"):
+        run_pipeline(tiny_config(tmp_path / "out2", tokenizer__model_path=str(tmp_path / "bad.model")))

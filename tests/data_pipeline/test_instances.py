@@ -10,6 +10,7 @@ from data_pipeline.instances import (
     Corpus,
     create_pairs,
     document_samples,
+    mask_batch,
     mask_tokens,
     truncate_pair,
 )
@@ -207,3 +208,24 @@ def test_document_samples_depend_only_on_seed_and_document() -> None:
             s.token_type_ids[first_sep + 1 :] == 1
         )
         assert s.next_sentence_label in (0, NEXT_IS_RANDOM)
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_mask_batch_treats_each_sequence_on_its_own(whole_words: bool) -> None:
+    rng = np.random.default_rng(5)
+    word_start = (np.arange(VOCAB) % 3 != 0) if whole_words else None
+    sequences = []
+    for length in rng.integers(6, 120, size=40):
+        cut = int(rng.integers(1, length - 4))
+        body = rng.integers(NUM_SPECIAL_TOKENS, VOCAB, size=length - 3)
+        sequences.append(np.concatenate([[CLS_ID], body[:cut], [SEP_ID], body[cut:], [SEP_ID]]))
+    masks = mask_batch(sequences, 3, 0.15, 12, VOCAB, rng, word_start)
+    assert len(masks) == len(sequences)
+    for seq, (positions, ids) in zip(sequences, masks, strict=True):
+        expected = min(12, max(1, round(0.15 * (len(seq) - 3))))
+        assert positions.shape == ids.shape == (3, expected)
+        assert positions.min() >= 1 and positions.max() < len(seq) - 1
+        assert np.all(seq[positions] >= NUM_SPECIAL_TOKENS)
+        assert all(len(set(row.tolist())) == expected for row in positions)
+        kept = ids != MASK_ID
+        assert np.all((ids[kept] >= NUM_SPECIAL_TOKENS) & (ids[kept] < VOCAB))
