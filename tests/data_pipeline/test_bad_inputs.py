@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
@@ -161,3 +162,29 @@ def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_pa
     (tmp_path / "bad.model").write_bytes(b"\x00garbage")
     with pytest.raises(DataError, match=r"bad.model: not a SentencePiece model"):
         run_pipeline(tiny_config(tmp_path / "out2", tokenizer__model_path=str(tmp_path / "bad.model")))
+
+
+def test_whole_word_masking_end_to_end(local_ray, tiny_config, tmp_path):
+    import sentencepiece as spm
+
+    from data_pipeline.schema import read_shard
+
+    out = run_pipeline(tiny_config(tmp_path / "wwm", pairs__whole_word_masking=True))
+    manifest = load_manifest(out)
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    starts = np.array([sp.id_to_piece(i).startswith("\u2581") for i in range(sp.get_piece_size())])
+    whole, total = 0, 0
+    for path in manifest.shard_paths(out, "train"):
+        for s in read_shard(path):
+            for row in s.masked_positions:
+                chosen = set(row.tolist())
+                # a masked continuation piece has its word's previous piece masked too, except in at
+                # most one word per draw (cut to meet the exact count) or right after [CLS]/[SEP]
+                orphans = [
+                    p
+                    for p in chosen
+                    if not starts[s.input_ids[p]] and s.input_ids[p - 1] > 4 and p - 1 not in chosen
+                ]
+                whole += len(orphans) == 0
+                total += 1
+    assert total > 200 and whole / total > 0.9
