@@ -1,4 +1,10 @@
-"""``python -m data_pipeline --config X [key=value ...]`` (no --config: the embedded demo corpus)."""
+"""Build pretraining shards: ``python -m data_pipeline [--config X.yaml] [key=value ...]``.
+
+Without --config the embedded demo corpus is used (data_pipeline/configs/demo.yaml: gensim's
+enwiki test dump + Hamlet). Overrides use dotted keys, e.g. ``pairs.max_seq_length=512
+num_workers=8 output_dir=/data/wiki512``. Under ``ray job submit`` (RAY_ADDRESS set) the job
+joins the cluster; otherwise a local Ray with ``num_workers`` CPUs is started.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
 def main(argv: Sequence[str]) -> None:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip())
+        print(f"\nDefaults and every key: {DEMO_CONFIG} and data_pipeline/config.py")
+        return
     path, overrides = split_cli(argv)
     cfg = load_config(PipelineConfig, path or DEMO_CONFIG, overrides)
     from data_pipeline.run import run_pipeline  # ray is imported only once the config is valid

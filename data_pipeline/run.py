@@ -231,6 +231,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
         document_offsets=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
     )
     num_docs = corpus.num_documents
+    del cleaned, documents, encoded  # the text is no longer needed; only ids go on
     clock.lap("encode")
 
     # 4. pairs + masks; the random-B pool is a seeded sample of documents, the same for any split of work
@@ -248,6 +249,8 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     ]
     produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
     samples = SampleBatch.concatenate(produced)
+    if len(samples) == 0:
+        raise DataError(f"no sentence pairs could be built from {num_docs} documents (all too short?)")
     clock.lap("pairs")
 
     # 5. split by document, shuffle each split (seeded), cut into equal shards
