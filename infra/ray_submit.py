@@ -99,6 +99,8 @@ def start_local_head(
     # Jobs run `python ...` from PATH: make that this interpreter's environment.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    # Metrics ports are fixed by default (44217, 44227): a second head on the machine would collide.
+    env["AUTOSCALER_METRIC_PORT"], env["DASHBOARD_METRIC_PORT"] = str(free_port()), str(free_port())
     log = open(log_path or temp_dir / "head.log", "ab")  # noqa: SIM115 (owned by the child)
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
