@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -151,25 +152,39 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
         torch.testing.assert_close(own[key], reference[key], rtol=0, atol=0)
 
 
-def test_cli_token_classification_from_zero_checkpoint(zero_checkpoint, tmp_path):
+@pytest.mark.distributed
+def test_two_rank_token_classification_from_zero_checkpoint(zero_checkpoint, tmp_path):
+    """``deepspeed --num_accelerators 2 --module finetune``: 2 CPU ranks, ZeRO-2, from a ZeRO dir."""
     out = tmp_path / "ner"
-    proc = _run(
-        [
-            "finetune",
-            "--config",
-            str(CONFIGS / "ner.yaml"),
-            f"model.checkpoint={zero_checkpoint / 'checkpoints' / 'step_00000010' / 'deepspeed'}",
-            "dataset.max_examples=160",
-            "train.max_steps=8",
-            "train.micro_batch_size=8",
-            "train.eval_every=4",
-            "train.log_every=4",
-            "engine.zero_stage=2",
-            f"output_dir={out}",
-        ]
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client, run = _mlflow_run(out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_accelerators",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    args = [
+        "--module",
+        "finetune",
+        "--config",
+        str(CONFIGS / "ner.yaml"),
+        f"model.checkpoint={zero_checkpoint / 'checkpoints' / 'step_00000010' / 'deepspeed'}",
+        "dataset.max_examples=160",
+        "train.max_steps=8",
+        "train.micro_batch_size=4",  # x 2 ranks: global batch 8
+        "train.eval_every=4",
+        "train.log_every=4",
+        "engine.zero_stage=2",
+        f"output_dir={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    client, run = _mlflow_run(out)  # one run: only rank 0 tracks
+    assert run.data.params["world_size"] == "2"
     for key in ("eval_f1", "eval_precision", "eval_recall", "test_f1", "test_token_accuracy", "loss"):
         assert 0.0 <= run.data.metrics[key] < 10.0, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_f1")] == [0, 4, 8]
