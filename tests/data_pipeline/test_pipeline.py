@@ -72,7 +72,7 @@ def test_manifest_describes_the_output(tiny_shards: Path) -> None:
         assert [s.name for s in split.shards] == [f"{name}-{i:06d}.tar" for i in range(len(split.shards))]
         total += split.samples + manifest.dropped_samples[name]
     assert total == manifest.inputs["pairs"] > 200
-    assert manifest.config["pairs"]["max_seq_length"] == 64 and manifest.config["seed"] == 7
+    assert manifest.config["pairs"]["max_seq_length"] == 64 and manifest.config["seed"] == 19
     files = sorted(p.name for p in tiny_shards.iterdir())
     assert not [f for f in files if f.endswith(".tmp") or f.startswith(".")]  # atomic: no leftovers
 
