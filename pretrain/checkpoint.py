@@ -147,8 +147,11 @@ def find_resume(resume: str, output_dir: Path) -> Path | None:
         return None
     if resume == "auto":
         checkpoints = output_dir / "checkpoints"
-        return _latest_step_dir(checkpoints) if checkpoints.is_dir() else None
-    step_dir = _resolve_step_dir(Path(resume))
+        step_dir = _latest_step_dir(checkpoints) if checkpoints.is_dir() else None
+        if step_dir is None:
+            return None
+    else:
+        step_dir = _resolve_step_dir(Path(resume))
     if not (step_dir / "deepspeed").is_dir():
         raise CheckpointError(f"{step_dir}: no deepspeed/ engine state to resume from (use init_from)")
     return step_dir

@@ -226,8 +226,10 @@ class PretrainBatches:
             _ShardStream(self),
             batch_size=None,
             num_workers=self.num_workers,
-            persistent_workers=False,
             prefetch_factor=2 if self.num_workers else None,
+            # its own generator: seeding workers must not draw from the global RNG that dropout uses,
+            # or a resumed run (which builds its loader after restoring that RNG) would diverge
+            generator=torch.Generator().manual_seed(self.seed),
         )
         for batch, logical, position in loader:
             if batch is None:
@@ -247,11 +249,12 @@ def eval_batches(
     """
     root = Path(root)
     paths = load_manifest(root).shard_paths(root, split)
-    per_global = micro_batch_size * world_size
     stream = itertools.chain.from_iterable(read_shard(p) for p in paths)
-    samples = list(itertools.islice(stream, max_batches * per_global))
+    samples = list(itertools.islice(stream, max_batches * micro_batch_size * world_size))
+    micro_batch_size = min(micro_batch_size, len(samples) // world_size)  # a small split still counts
+    per_global = micro_batch_size * world_size
     batches = []
-    for first in range(0, len(samples) - per_global + 1, per_global):
+    for first in range(0, len(samples) - per_global + 1, per_global or 1):
         mine = samples[first + rank * micro_batch_size : first + (rank + 1) * micro_batch_size]
         batches.append(collate([(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in mine]))
     return batches

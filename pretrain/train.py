@@ -14,7 +14,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.errors import ConfigError
+from bertscale.errors import CheckpointError, ConfigError
 from data_pipeline.schema import TOKENIZER_NAME, load_manifest
 from pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
 from pretrain.config import PretrainConfig
@@ -58,11 +58,7 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
 
 
 def main(cfg: PretrainConfig) -> TrainState:
-    dist = init_distributed()
-    logging.basicConfig(
-        level=logging.INFO if dist.rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {dist.rank}] %(message)s",
-    )
+    # user input is checked before any process group exists: a bad path fails fast and clearly
     manifest = load_manifest(cfg.data.shards)
     bert_config = cfg.model.resolve(manifest.vocab_size)
     if bert_config.vocab_size < manifest.vocab_size:
@@ -73,12 +69,22 @@ def main(cfg: PretrainConfig) -> TrainState:
     cfg.model.vocab_size = bert_config.vocab_size  # the saved config is the resolved one
     bert_config.gradient_checkpointing |= cfg.engine.activation_checkpointing
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
+    resume = find_resume(cfg.checkpoint.resume, output_dir)
+    ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
+    init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
 
+    dist = init_distributed()
+    logging.basicConfig(
+        level=logging.INFO if dist.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {dist.rank}] %(message)s",
+    )
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = BertForPreTraining(bert_config)
-    if cfg.checkpoint.init_from is not None:
-        _, weights = load_pretrained(cfg.checkpoint.init_from)
-        model.load_state_dict(weights)
+    if init_weights is not None:
+        try:
+            model.load_state_dict(init_weights)
+        except RuntimeError as err:
+            raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
         log.info("initialised weights from %s", cfg.checkpoint.init_from)
     engine = create_engine(
         model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps
@@ -86,7 +92,6 @@ def main(cfg: PretrainConfig) -> TrainState:
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
     state, data_state = TrainState(), None
-    resume = find_resume(cfg.checkpoint.resume, output_dir)
     if resume is not None:
         saved = load_checkpoint(engine, resume)  # also restores this rank's RNG
         state = TrainState(step=saved["step"], tokens=saved.get("tokens", 0))
@@ -123,9 +128,7 @@ def main(cfg: PretrainConfig) -> TrainState:
     if dist.rank == 0:
         save_config(cfg, output_dir / "config.yaml")
         ds_json = output_dir / "ds_config.json"
-        atomic_write_text(
-            ds_json, json.dumps(build_ds_config(cfg.engine, cfg.data.micro_batch_size), indent=2)
-        )
+        atomic_write_text(ds_json, json.dumps(ds_config, indent=2))
         tracker.log_params(
             {
                 **to_dict(cfg),

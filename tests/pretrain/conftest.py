@@ -91,13 +91,13 @@ def synthetic_shards(tmp_path: Path) -> Path:
     return write_shards(tmp_path / "shards")
 
 
-@pytest.fixture(name="write_shards")
+@pytest.fixture(name="write_shards", scope="session")
 def write_shards_fixture():
     """``write_shards(root, {split: n_shards}, per_shard)`` -> root (tests cannot import conftest)."""
     return write_shards
 
 
-@pytest.fixture(name="make_sample")
+@pytest.fixture(name="make_sample", scope="session")
 def make_sample_fixture():
     """``make_sample(rng, key, max_len=32, dupe=2)`` -> a Sample over ids < VOCAB_SIZE (96)."""
     return make_sample

@@ -184,3 +184,12 @@ def test_eval_batches_are_equal_per_rank_and_disjoint(tmp_path: Path, write_shar
     assert len(per_rank[0]) == len(per_rank[1]) == 3  # 20 samples -> 3 full global batches of 6
     rows = {tuple(b["input_ids"][i].tolist()) for batches in per_rank for b in batches for i in range(3)}
     assert len(rows) == 18
+
+
+def test_a_small_eval_split_is_shared_in_smaller_batches(tmp_path: Path, write_shards):
+    root = write_shards(tmp_path / "shards", {"train": 1, "validation": 1}, per_shard=5)
+    per_rank = [
+        eval_batches(root, "validation", micro_batch_size=8, rank=r, world_size=2, max_batches=4)
+        for r in (0, 1)
+    ]
+    assert [[b["input_ids"].shape[0] for b in batches] for batches in per_rank] == [[2], [2]]

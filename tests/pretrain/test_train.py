@@ -1,0 +1,209 @@
+"""End-to-end pretraining with the real launcher (2 CPU ranks, gloo), DeepSpeed ZeRO and MLflow.
+
+Runs are tiny (2 layers, hidden 64, micro batch 8, <= 16 steps); most of their time is start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain.checkpoint import load_pretrained
+from pretrain.model import BertForPreTraining
+
+REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+TEST_CONFIG = """
+model:
+  hidden_size: 64
+  num_hidden_layers: 2
+  num_attention_heads: 2
+  intermediate_size: 128
+  max_position_embeddings: 64
+data:
+  micro_batch_size: 8
+  masking: dynamic
+  num_workers: 1
+optimizer:
+  lr: 3e-3
+schedule:
+  warmup_steps: 2
+engine:
+  zero_stage: 2
+eval:
+  every: 8
+  max_batches: 4
+checkpoint:
+  save_every: 8
+  keep_last: 3
+metrics:
+  log_every: 1
+  peak_tflops: 0.05
+mlflow:
+  enabled: false
+  experiment: pretrain-test
+max_steps: 16
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pretrain(shards: Path, output_dir: Path, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``deepspeed --num_accelerators 2 --module pretrain`` (or plain ``python -m pretrain`` for 1 rank)."""
+    config = output_dir.parent / f"{output_dir.name}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(TEST_CONFIG)
+    args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "pretrain", *args]
+    else:
+        launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
+        cmd = [*launcher, "--module", "pretrain", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(output_dir) if "loss" in m}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_shards, tmp_path_factory) -> Path:
+    """16 steps, 2 ranks, ZeRO-2, dropout on, dynamic masking, MLflow on a sqlite file."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    check(pretrain(tiny_shards, out, "mlflow.enabled=true"))
+    return out
+
+
+@pytest.mark.distributed
+def test_loss_falls_and_eval_and_mlflow_are_recorded(run, tiny_shards):
+    curve = losses(run)
+    assert sorted(curve) == list(range(1, 17))
+    first, last = [curve[s] for s in (1, 2, 3, 4)], [curve[s] for s in (13, 14, 15, 16)]
+    assert sum(last) / 4 < sum(first) / 4 - 0.3, curve
+    evals = [m for m in metrics(run) if "eval_mlm_accuracy" in m]
+    assert [m["step"] for m in evals] == [8, 16]
+    assert all(0.0 <= m["eval_mlm_accuracy"] <= 1.0 and 0.0 <= m["eval_nsp_accuracy"] <= 1.0 for m in evals)
+    assert evals[-1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pretrain-test")
+    (mlrun,) = client.search_runs([experiment.experiment_id])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["engine.zero_stage"] == "2" and mlrun.data.params["world_size"] == "2"
+    assert mlrun.data.params["data.shards"] == str(tiny_shards)
+    history = client.get_metric_history(mlrun.info.run_id, "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 17))
+    assert {"lr", "tokens_per_s", "mfu", "mlm_loss", "nsp_loss", "eval_nsp_accuracy"} <= set(
+        mlrun.data.metrics
+    )
+    assert 0 < mlrun.data.metrics["mfu"] < 1
+    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert {"config.yaml", "ds_config.json", "metrics.jsonl", "bert_config.json"} <= artifacts
+
+
+@pytest.mark.distributed
+def test_checkpoint_layout_and_load_pretrained(run, tiny_shards):
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_00000016"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000008", "step_00000016"]
+    step = checkpoints / "step_00000016"
+    expected = {
+        "model.safetensors",
+        "bert_config.json",
+        "config.yaml",
+        "tokenizer.model",
+        "trainer_state.json",
+    }
+    assert expected | {"deepspeed"} == {p.name for p in step.iterdir()}
+    assert (step / "tokenizer.model").read_bytes() == (tiny_shards / "tokenizer.model").read_bytes()
+    state = json.loads((step / "trainer_state.json").read_text())
+    assert state["step"] == 16 and len(state["data"]) == 2 and state["data"][0]["batches"] == 16
+
+    config, weights = load_pretrained(run)  # run dir -> latest
+    model = BertForPreTraining(config)
+    model.load_state_dict(weights)  # strict: every key, tied ones restored
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    for path in (checkpoints, step, step / "model.safetensors"):
+        _, again = load_pretrained(path)
+        assert all(torch.equal(again[k], weights[k]) for k in weights)
+    # the DeepSpeed ZeRO partitions alone give the same fp32 weights
+    _, from_zero = load_pretrained(step / "deepspeed")
+    for key, value in load_file(step / "model.safetensors").items():
+        torch.testing.assert_close(from_zero[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.distributed
+def test_crash_then_resume_continues_exactly(run, tiny_shards, tmp_path):
+    """Killed right after step 8's checkpoint, then resumed: steps 9-16 equal the uninterrupted run."""
+    out = tmp_path / "resumed"
+    crashed = pretrain(tiny_shards, out, "debug.exit_after_step=8")
+    assert crashed.returncode != 0
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    check(pretrain(tiny_shards, out))
+    expected, got = losses(run), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    for step in range(1, 17):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), (step, got, expected)
+
+
+def _parity_run(shards: Path, out: Path, *overrides: str, ranks: int) -> dict[int, float]:
+    no_dropout = ("model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0")
+    steps = ("max_steps=10", "eval.every=0", "checkpoint.save_every=0")
+    check(pretrain(shards, out, *no_dropout, *steps, *overrides, ranks=ranks))
+    return losses(out)
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(tiny_shards, tmp_path_factory) -> dict[int, float]:
+    """One process, 2 readers, 2 accumulation steps: the same global batches as 2 ranks."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    overrides = ("engine.zero_stage=0", "engine.gradient_accumulation_steps=2", "data.num_workers=2")
+    return _parity_run(tiny_shards, out, *overrides, ranks=1)
+
+
+def _assert_parity(single: dict[int, float], zero: dict[int, float]) -> None:
+    assert sorted(zero) == sorted(single) == list(range(1, 11))
+    assert single[10] < single[1] - 0.3  # it trained, so matching is not trivial
+    for step in single:
+        assert zero[step] == pytest.approx(single[step], rel=1e-4), (step, zero, single)
+
+
+@pytest.mark.distributed
+def test_zero3_two_ranks_match_single_process(single_process_losses, tiny_shards, tmp_path):
+    _assert_parity(
+        single_process_losses, _parity_run(tiny_shards, tmp_path / "z3", "engine.zero_stage=3", ranks=2)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_two_ranks_match_single_process(stage, single_process_losses, tiny_shards, tmp_path):
+    zero = _parity_run(tiny_shards, tmp_path / f"z{stage}", f"engine.zero_stage={stage}", ranks=2)
+    _assert_parity(single_process_losses, zero)
