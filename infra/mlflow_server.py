@@ -41,6 +41,7 @@ class MlflowServerConfig:
     port: int = 5000
     workers: int = 1
     extra_args: list[str] = field(default_factory=list)  # passed through to `mlflow server`
+    job_execution: bool = False  # MLflow's background job runner (GenAI features)
 
     @property
     def url(self) -> str:
@@ -92,7 +93,11 @@ def server_command(cfg: MlflowServerConfig) -> tuple[list[str], dict[str, str]]:
     cmd += ["--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
     cmd += ["--serve-artifacts", "--artifacts-destination", destination, *cfg.extra_args]
     # click reads --backend-store-uri from this variable; keeping it out of argv keeps it out of `ps`.
-    return cmd, {"MLFLOW_BACKEND_STORE_URI": cfg.backend_uri}
+    env = {"MLFLOW_BACKEND_STORE_URI": cfg.backend_uri}
+    # The job runner (a huey consumer for GenAI evaluation jobs) costs a process and start-up time
+    # and is not used by training runs.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if cfg.job_execution else "false"
+    return cmd, env
 
 
 def start_server(cfg: MlflowServerConfig, log_path: str | Path | None = None) -> subprocess.Popen:
@@ -181,6 +186,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--host", default=LOOPBACK, help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--job-execution", action="store_true", help="run MLflow's background job runner")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /health")
     args = parser.parse_args(argv[:split])
     cfg = MlflowServerConfig(
@@ -189,6 +195,7 @@ def main(argv: Sequence[str]) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        job_execution=args.job_execution,
         extra_args=argv[split + 1 :],
     )
     cmd, _ = server_command(cfg)

@@ -40,7 +40,7 @@ def test_backend_uri_from_env_stays_out_of_argv(tmp_path):
     uri = backend_from_args(None, "BERTSCALE_TEST_DB", {"BERTSCALE_TEST_DB": "postgresql://u:pw@db/ml"})
     cmd, env = server_command(MlflowServerConfig(uri, str(tmp_path / "art")))
     assert not any("pw" in part for part in cmd)  # argv is world-readable through ps
-    assert env == {"MLFLOW_BACKEND_STORE_URI": "postgresql://u:pw@db/ml"}
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://u:pw@db/ml"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     with pytest.raises(ConfigError, match=r"\$BERTSCALE_TEST_DB is not set"):
         backend_from_args(None, "BERTSCALE_TEST_DB", {})
