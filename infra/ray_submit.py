@@ -88,9 +88,8 @@ def start_local_head(
     num_cpus: int = 2, timeout: float = 180.0, log_path: str | Path | None = None
 ) -> LocalHead:
     """Start a Ray head on 127.0.0.1 in its own process group and wait until its job API answers."""
-    temp_dir = Path(
-        tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-    )  # short: Ray's socket paths are length-capped
+    # Short path under /tmp: Ray's unix socket paths are length-capped.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray_", dir="/tmp"))
     gcs_port, dashboard_port = free_port(), free_port()
     cmd = head_command(num_cpus, temp_dir, gcs_port, dashboard_port)
     # Ray's token auth (token in ~/.ray/auth_token, generated if missing): the head requires it and
@@ -101,14 +100,16 @@ def start_local_head(
     env.pop("RAY_ADDRESS", None)
     # Metrics ports are fixed by default (44217, 44227): a second head on the machine would collide.
     env["AUTOSCALER_METRIC_PORT"], env["DASHBOARD_METRIC_PORT"] = str(free_port()), str(free_port())
-    log = open(log_path or temp_dir / "head.log", "ab")  # noqa: SIM115 (owned by the child)
-    try:
+    log_path = Path(log_path or temp_dir / "head.log")
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    finally:
-        log.close()
     head = LocalHead(proc, f"http://{LOOPBACK}:{dashboard_port}", f"{LOOPBACK}:{gcs_port}", temp_dir)
     try:
         wait_for_job_server(head.address, timeout, proc)
+    except BertscaleError as err:
+        tail = log_path.read_text(errors="replace")[-1500:]  # read before the temp dir goes
+        stop_local_head(head)
+        raise BertscaleError(f"{err}; head log ends:\n{tail}") from None
     except BaseException:
         stop_local_head(head)
         raise
@@ -121,7 +122,7 @@ def wait_for_job_server(address: str, timeout: float, proc: subprocess.Popen | N
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise BertscaleError(f"ray head exited with code {proc.returncode} (see its log)")
+            raise BertscaleError(f"ray head exited with code {proc.returncode}")
         try:
             JobSubmissionClient(address).list_jobs()  # also checks the auth token and version
             return

@@ -1,6 +1,9 @@
 """`ray job submit` through infra.ray_submit against a real, private Ray head on 127.0.0.1."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -24,6 +27,16 @@ def test_submit_command():
         submit_command("http://x", [], "id1")
     with pytest.raises(ConfigError, match="not a directory"):
         submit_command("http://x", ["true"], "id1", HERE / "missing")
+
+
+def test_cli_needs_a_cluster():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.ray_submit", "--", "python", "-c", "pass"],
+        env=env, cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: no cluster: pass --address")
 
 
 def _tree(pid: int) -> list[psutil.Process]:
