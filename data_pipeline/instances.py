@@ -48,6 +48,16 @@ class Corpus:
         return [self.tokens[a:b] for a, b in itertools.pairwise(offsets)]
 
     @classmethod
+    def from_encoded(cls, tokens: np.ndarray, lengths: np.ndarray, sentences_per_doc: np.ndarray) -> Corpus:
+        """From flat ids, sentence lengths and sentences per document (documents without any dropped)."""
+        sentences_per_doc = sentences_per_doc[sentences_per_doc > 0]
+        return cls(
+            tokens=tokens,
+            sentence_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            document_offsets=np.concatenate([[0], np.cumsum(sentences_per_doc)]).astype(np.int64),
+        )
+
+    @classmethod
     def from_documents(cls, documents: list[list[np.ndarray]]) -> Corpus:
         sentences = [s for doc in documents for s in doc]
         lengths = np.array([len(s) for s in sentences], dtype=np.int64)

@@ -47,8 +47,9 @@ def _clean_task(raws: list[sources.RawDocument], min_sentence_chars: int) -> lis
     return [sources.clean_document(raw, min_sentence_chars) for raw in raws]
 
 
-@ray.remote(num_cpus=1)
-def _encode_task(model_proto: bytes, documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_documents(
+    model_proto: bytes, documents: list[list[str]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """→ (flat token ids, length per non-empty sentence, non-empty sentences per document)."""
     sp = processor(model_proto)
     ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
@@ -59,17 +60,21 @@ def _encode_task(model_proto: bytes, documents: list[list[str]]) -> tuple[np.nda
     return tokens, lengths[lengths > 0], per_doc
 
 
-@ray.remote(num_cpus=1)
-def _samples_task(
+def build_samples(
     corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
     word_start: np.ndarray,
 ) -> SampleBatch:  # fmt: skip
+    """Samples of documents ``first..last-1``, serialised to tar records."""
     samples, doc_ids = [], []
     for doc_id in range(first, last):
         made = document_samples(corpus, doc_id, pool, cfg, vocab_size, seed, word_start)
         samples += made
         doc_ids += [doc_id] * len(made)
     return SampleBatch.from_samples(samples, doc_ids)
+
+
+_encode_task = ray.remote(num_cpus=1)(encode_documents)
+_samples_task = ray.remote(num_cpus=1)(build_samples)
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -223,13 +228,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     encoded = _gather(
         refs, [b - a for a, b in parts], tqdm(total=len(documents), desc="encode", unit="doc", **bar)
     )
-    tokens, lengths, per_doc = (np.concatenate(x) for x in zip(*encoded, strict=True))
-    per_doc = per_doc[per_doc > 0]
-    corpus = Corpus(
-        tokens=tokens,
-        sentence_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        document_offsets=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
-    )
+    corpus = Corpus.from_encoded(*(np.concatenate(x) for x in zip(*encoded, strict=True)))
     num_docs = corpus.num_documents
     del cleaned, documents, encoded  # the text is no longer needed; only ids go on
     clock.lap("encode")
@@ -281,8 +280,8 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             config=to_dict(cfg),
             inputs={
                 "documents": num_docs,
-                "sentences": len(lengths),
-                "tokens": len(tokens),
+                "sentences": len(corpus.sentence_offsets) - 1,
+                "tokens": len(corpus.tokens),
                 "pairs": len(samples),
                 "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
                 "validation_documents": num_val,
