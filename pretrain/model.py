@@ -141,6 +141,15 @@ class Padding:
         grid = grid.index_copy(0, self.indices, x)  # out of place, so autograd flows back to x
         return grid.view(self.batch_size, self.seq_len, *x.shape[1:])  # (N, ...) -> (B, T, ...), 0 at pads
 
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows in (N, ...) of flattened (B*T) ``positions``, which must be real tokens."""
+        rows = torch.searchsorted(self.indices, positions)  # indices are sorted
+        if rows.numel() and (
+            rows.max() >= len(self.indices) or not torch.equal(self.indices[rows], positions)
+        ):
+            raise ValueError("output positions must be real tokens (attention_mask 1), not padding")
+        return rows
+
 
 # --- modules ---------------------------------------------------------------------------------
 
@@ -213,9 +222,18 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: Padding | None
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.output(self.self(hidden_states, attn_mask, padding), hidden_states)
+        context = self.self(hidden_states, attn_mask, padding)  # every token is a key and a value
+        if rows is not None:  # only these rows are read after this layer: the rest of it skips the others
+            context, hidden_states = (
+                x.flatten(0, -2).index_select(0, rows) for x in (context, hidden_states)
+            )
+        return self.output(context, hidden_states)
 
 
 class BertIntermediate(nn.Module):
@@ -248,9 +266,13 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: Padding | None
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, attn_mask, padding)
+        attention_output = self.attention(hidden_states, attn_mask, padding, rows)  # (K, H) if rows
         return self.output(self.intermediate(attention_output), attention_output)
 
 
@@ -261,14 +283,23 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: Padding | None
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        last_layer_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for layer in self.layer:
+        """``last_layer_rows``: flat rows of ``hidden_states`` whose output is wanted; the last layer's
+        output projection and FFN then run on those rows only, and (K, H) is returned."""
+        for i, layer in enumerate(self.layer):
+            rows = last_layer_rows if i == len(self.layer) - 1 else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # keep only each layer's input; its activations are recomputed in backward
-                hidden_states = checkpoint(layer, hidden_states, attn_mask, padding, use_reentrant=False)
+                hidden_states = checkpoint(
+                    layer, hidden_states, attn_mask, padding, rows, use_reentrant=False
+                )
             else:
-                hidden_states = layer(hidden_states, attn_mask, padding)
+                hidden_states = layer(hidden_states, attn_mask, padding, rows)
         return hidden_states
 
 
@@ -363,11 +394,14 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        output_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(sequence_output (B, T, H), pooled_output (B, H))``.
 
         With ``config.unpad`` and padding in ``attention_mask``, sequence_output is 0 at padded
         positions (HuggingFace computes values there that no loss or head should read).
+        ``output_mask`` (B, T) bool: return ``sequence_output[output_mask]`` (K, H) instead, computed
+        cheaply: the last layer runs its output projection and FFN only at those positions and [CLS].
         """
         B, T = input_ids.shape
         if token_type_ids is None:
@@ -386,9 +420,22 @@ class BertModel(nn.Module):
             )
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H) or (N, H)
-        hidden_states = self.encoder(hidden_states, attn_mask, padding)
-        sequence_output = padding.pad(hidden_states) if padding is not None else hidden_states  # (B, T, H)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # (B, H)
+        if output_mask is None:
+            hidden_states = self.encoder(hidden_states, attn_mask, padding)
+            sequence_output = (
+                padding.pad(hidden_states) if padding is not None else hidden_states
+            )  # (B, T, H)
+            pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # (B, H)
+            return sequence_output, pooled_output
+
+        keep = output_mask.clone()
+        keep[:, 0] = True  # the [CLS] rows feed the pooler
+        positions = torch.nonzero(keep.flatten(), as_tuple=True)[0]  # (K',) flat (b, t) order
+        rows = padding.rows(positions) if padding is not None else positions
+        hidden_states = self.encoder(hidden_states, attn_mask, padding, last_layer_rows=rows)  # (K', H)
+        sequence_output = hidden_states[output_mask.flatten()[positions]]  # (K, H)
+        first_tokens = hidden_states[positions % T == 0][:, None]  # (B, 1, H): the pooler reads [:, 0]
+        pooled_output = self.pooler(first_tokens) if self.pooler is not None else None
         return sequence_output, pooled_output
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -424,16 +471,21 @@ class BertForPreTraining(nn.Module):
         next_sentence_label: torch.Tensor | None = None,
     ) -> BertForPreTrainingOutput:
         """``labels`` (B, T): target id at masked positions, -100 elsewhere (HuggingFace style)."""
-        sequence_output, pooled_output = self.bert(input_ids, attention_mask, token_type_ids)
-        out = BertForPreTrainingOutput(seq_relationship_logits=self.cls.seq_relationship(pooled_output))
-
         if labels is None:
-            out.prediction_logits = self.cls.predictions(sequence_output)  # (B, T, V)
+            sequence_output, pooled_output = self.bert(input_ids, attention_mask, token_type_ids)
+            out = BertForPreTrainingOutput(
+                prediction_logits=self.cls.predictions(sequence_output)
+            )  # (B, T, V)
         else:
             masked = labels != IGNORE_INDEX  # (B, T)
-            out.prediction_logits = self.cls.predictions(sequence_output[masked])  # (M, V): ~15% of tokens
+            # the last layer and the MLM head run at the masked ~15% of tokens only
+            masked_output, pooled_output = self.bert(
+                input_ids, attention_mask, token_type_ids, output_mask=masked
+            )
+            out = BertForPreTrainingOutput(prediction_logits=self.cls.predictions(masked_output))  # (M, V)
             out.masked_lm_labels = labels[masked]  # (M,)
             out.mlm_loss = _cross_entropy(out.prediction_logits, out.masked_lm_labels)
+        out.seq_relationship_logits = self.cls.seq_relationship(pooled_output)
         if next_sentence_label is not None:
             out.nsp_loss = _cross_entropy(out.seq_relationship_logits, next_sentence_label.view(-1))
 
@@ -462,15 +514,16 @@ def _count_parameters(model: nn.Module, exclude_embeddings: bool) -> int:
 def training_flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float = 0.15) -> float:
     """Model FLOPs of one training step (forward + backward = 3x forward, 2 FLOPs per MAC) per token.
 
-    Counts the work BERT pretraining needs: the encoder's matmuls, attention scores and context over
-    ``seq_len`` keys, the MLM head at the ``mlm_fraction`` of tokens that are masked, and the pooler +
-    NSP head once per sequence. Embedding lookups, norms and activations are ignored (< 1%), and so is
-    recomputation by gradient checkpointing, as usual for MFU.
+    Counts the work the pretraining losses need, which is what BertForPreTraining does: every layer's
+    matmuls and attention over ``seq_len`` keys, except that the last layer's output projection and
+    FFN are needed only at the masked tokens and [CLS]; the MLM head at the ``mlm_fraction`` of
+    tokens that are masked; the pooler + NSP head once per sequence. Embedding lookups, norms and
+    activations are ignored (< 1%), and so is recomputation by gradient checkpointing, as usual for MFU.
     """
-    H, V, L = config.hidden_size, config.vocab_size, config.num_hidden_layers
-    layer_macs = (
-        4 * H * H + 2 * H * config.intermediate_size + 2 * seq_len * H
-    )  # qkv + output proj, FFN, QK^T and attn @ V
-    mlm_macs = mlm_fraction * (H * H + H * V)
-    nsp_macs = (H * H + 2 * H) / seq_len
-    return 6.0 * (L * layer_macs + mlm_macs + nsp_macs)
+    H, I, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers  # noqa: E741
+    attention = 3 * H * H + 2 * seq_len * H  # q, k, v projections; QK^T and attn @ V
+    rest = H * H + 2 * H * I  # output projection, FFN
+    last_layer = attention + (mlm_fraction + 1 / seq_len) * rest
+    mlm_head = mlm_fraction * (H * H + H * V)  # transform, decoder
+    nsp_head = (H * H + 2 * H) / seq_len  # pooler, seq_relationship
+    return 6.0 * ((L - 1) * (attention + rest) + last_layer + mlm_head + nsp_head)

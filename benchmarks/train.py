@@ -1,0 +1,253 @@
+"""Training throughput: our BertForPreTraining vs transformers.BertForPreTraining, same batches.
+
+One step = forward + backward + AdamW step (fp32 on CPU, bf16 autocast on CUDA). Both models see
+the same realistic pretraining batches: sequence pairs whose lengths follow Google's
+create_pretraining_data (most fill max_seq_length, short_seq_prob=0.1 are shorter, some end at a
+document boundary), padded to max_seq_length as run_mlm / NVIDIA's BERT do, 15% of the non-special
+tokens masked (labels -100 elsewhere), random NSP labels. Tokens/s counts real (non-pad) tokens
+only, for both. Steps of the two models are interleaved so that load from other processes on a
+shared machine hits both alike; median step times and the median of the paired (same batch,
+back to back) step-time ratios are reported.
+
+MFU-like figure: model FLOP/s (pretrain.model.training_flops_per_token: the encoder, attention over
+the real length, the MLM head at masked tokens; identical for both models, so HuggingFace's
+full-vocabulary logits at every position count as waste, not as work) divided by the FLOP/s this
+machine reaches on one large matmul in the training dtype.
+
+    python benchmarks/train.py                      # both configs, ~2-3 min on 2 CPU cores
+    python benchmarks/train.py --steps 20 --batch-size 32 --configs L8-H512
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import transformers
+
+from data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
+from pretrain.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
+
+CONFIGS = {  # name -> (BertConfig overrides, goal for our speed-up over HuggingFace)
+    "L4-H256": (
+        dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+        3.0,
+    ),
+    "L8-H512": (
+        dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
+        1.5,
+    ),
+}
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+def sequence_lengths(
+    n: int, max_seq_length: int, short_seq_prob: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Lengths of [CLS] A [SEP] B [SEP] as create_pretraining_data.py produces them.
+
+    With short_seq_prob the target is uniform in [2, max - 3]; otherwise segments are filled to the
+    full length and truncated, except when a document runs out first (modelled as 15% of pairs,
+    uniform in [max/2, max]).
+    """
+    full = np.full(n, max_seq_length)
+    short = rng.integers(2, max_seq_length - 3, n, endpoint=True) + 3
+    doc_end = rng.integers(max_seq_length // 2, max_seq_length, n, endpoint=True)
+    draw = rng.random(n)
+    return np.where(draw < short_seq_prob, short, np.where(draw < short_seq_prob + 0.15, doc_end, full))
+
+
+def make_batch(
+    batch_size: int,
+    max_seq_length: int,
+    vocab_size: int,
+    rng: np.random.Generator,
+    mlm_probability: float = 0.15,
+) -> dict[str, torch.Tensor]:
+    """A right-padded HF-style batch (as pretrain.data.collate makes), padded to max_seq_length."""
+    lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
+    input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
+    labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)
+    token_type_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)
+    attention_mask = np.zeros((batch_size, max_seq_length), dtype=np.int64)
+    for i, length in enumerate(lengths):
+        ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, length)
+        len_a = int(rng.integers(1, length - 2)) if length > 3 else 1
+        ids[0], ids[len_a], ids[length - 1] = CLS_ID, SEP_ID, SEP_ID
+        token_type_ids[i, len_a + 1 : length] = 1
+        attention_mask[i, :length] = 1
+        # BERT masking: 15% of non-special tokens; 80% -> [MASK], 10% -> random, 10% unchanged
+        candidates = np.flatnonzero(ids >= NUM_SPECIAL_TOKENS)
+        chosen = rng.choice(candidates, max(1, round(mlm_probability * len(candidates))), replace=False)
+        labels[i, chosen] = ids[chosen]
+        action = rng.random(len(chosen))
+        ids[chosen[action < 0.8]] = MASK_ID
+        randomized = chosen[(action >= 0.8) & (action < 0.9)]
+        ids[randomized] = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, len(randomized))
+        input_ids[i, :length] = ids
+    batch = dict(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        next_sentence_label=rng.integers(0, 2, batch_size),
+    )
+    return {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """Best FLOP/s of an (n, n) @ (n, n) matmul: this machine's practical peak in ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up (allocations, kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+@dataclass
+class Runner:
+    """One model + its optimizer; ``step`` runs one training step, returns (wall, CPU) seconds."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        synchronize(self.device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.forward(batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def build_runners(config: BertConfig, device: torch.device, lr: float) -> list[Runner]:
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(**config.to_hf_dict())  # attn_implementation: default (sdpa)
+    hf = transformers.BertForPreTraining(hf_config).to(device).train()
+    ours = BertForPreTraining(config).to(device).train()
+    ours.load_state_dict(hf.state_dict())  # same starting weights, so the same losses
+
+    def optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+    return [
+        Runner("transformers", hf, optimizer(hf), device, lambda b: hf(**b).loss),
+        Runner("bertscale", ours, optimizer(ours), device, lambda b: ours(**b).loss),
+    ]
+
+
+def bench(name: str, args: argparse.Namespace, device: torch.device, peak: float) -> float:
+    overrides, goal = CONFIGS[name]
+    config = BertConfig(vocab_size=args.vocab_size, max_position_embeddings=512, **overrides)
+    rng = np.random.default_rng(args.seed)
+    batches = [make_batch(args.batch_size, args.seq_len, config.vocab_size, rng) for _ in range(args.steps)]
+    runners = build_runners(config, device, args.lr)
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    cpu_times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for i in range(args.warmup + args.steps):
+        batch = batches[i % len(batches)]
+        for runner in runners if i % 2 else reversed(runners):  # alternate who goes first
+            wall, cpu = runner.step(batch)
+            if i >= args.warmup:
+                times[runner.name].append(wall)
+                cpu_times[runner.name].append(cpu)
+
+    real_tokens = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
+    masked = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    mlm_fraction = masked / (real_tokens * len(batches))
+    mean_length = real_tokens / args.batch_size
+    flops_per_token = training_flops_per_token(config, round(mean_length), mlm_fraction)
+    params = runners[1].model.num_parameters()
+    print(
+        f"\n{name}: {params / 1e6:.1f}M params, batch {args.batch_size} x {args.seq_len} padded, "
+        f"{real_tokens:.0f} real tokens/batch (mean length {mean_length:.1f}), "
+        f"{100 * mlm_fraction:.1f}% masked, {flops_per_token / 1e6:.1f} MFLOP/token"
+    )
+    rate = {}
+    for runner in runners:
+        step, best = statistics.median(times[runner.name]), min(times[runner.name])
+        rate[runner.name] = real_tokens / step
+        achieved = rate[runner.name] * flops_per_token
+        print(
+            f"  {runner.name:13s} {rate[runner.name]:9.0f} tokens/s  step {1000 * step:7.1f} ms "
+            f"(best {1000 * best:7.1f})  {achieved / 1e9:6.1f} GFLOP/s  MFU {100 * achieved / peak:5.1f}%"
+        )
+    # pairs of steps on the same batch, run back to back: the ratio is robust to load that comes and goes
+    pairs = [hf / ours for hf, ours in zip(times["transformers"], times["bertscale"], strict=True)]
+    ratio = statistics.median(pairs)
+    print(
+        f"  speed-up {ratio:.2f}x (median of {len(pairs)} paired steps, "
+        f"range {min(pairs):.2f}-{max(pairs):.2f}; goal >= {goal}x) {'OK' if ratio >= goal else 'BELOW GOAL'}"
+    )
+    # CPU seconds are not inflated by waiting for a core; with --threads 1 they are the step's own work
+    cpu_ratio = statistics.median(cpu_times["transformers"]) / statistics.median(cpu_times["bertscale"])
+    print(f"  speed-up by process CPU time {cpu_ratio:.2f}x")
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per model")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    names = args.configs.split(",")
+    if unknown := set(names) - set(CONFIGS):
+        parser.error(f"unknown config(s) {sorted(unknown)}; choose from {list(CONFIGS)}")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_flops(device, dtype, args.matmul_size)
+    print(  # the load average tells how much other processes may have disturbed the timings
+        f"device {device} ({torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs), torch {torch.__version__}, "
+        f"transformers {transformers.__version__}; {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} "
+        f"matmul: {peak / 1e9:.1f} GFLOP/s"
+    )
+    for name in names:
+        bench(name, args, device, peak)
+
+
+if __name__ == "__main__":
+    main()
