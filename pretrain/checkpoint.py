@@ -15,7 +15,9 @@ Layout::
 
 A step dir is written under ``.step_{N:08d}.tmp``, renamed by rank 0 once every rank has finished,
 and only then named in ``latest``: a crash mid-save never leaves ``latest`` pointing at a partial
-checkpoint. DeepSpeed's own files are pickles: resume only from checkpoints you trust;
+checkpoint (tests/test_faults.py holds rank 0 in that window with ``BERTSCALE_TEST_PAUSE_IN_SAVE=N``,
+which sleeps before publishing step N, and kills the job there). DeepSpeed's own files are
+pickles: resume only from checkpoints you trust;
 ``load_pretrained`` reads safetensors whenever a step dir has them.
 
 Public API:
@@ -29,8 +31,11 @@ Public API:
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,9 @@ from pretrain.model import TIED_WEIGHTS, BertConfig
 
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+PAUSE_IN_SAVE = "BERTSCALE_TEST_PAUSE_IN_SAVE"  # fault tests only: a step whose save stalls before publishing
+
+log = logging.getLogger("bertscale")
 
 
 def step_dir_name(step: int) -> str:
@@ -113,6 +121,9 @@ def save_checkpoint(
             shutil.copy2(tokenizer, tmp / "tokenizer.model")
         state = {**trainer_state, "step": step, "data": data_states}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+        if os.environ.get(PAUSE_IN_SAVE) == str(step):  # a crash here must leave `latest` intact
+            log.warning("%s=%d: pausing before publishing %s", PAUSE_IN_SAVE, step, name)
+            time.sleep(3600)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -42,6 +42,7 @@ class DataConfig:
     masking: Literal["static", "dynamic"] = "static"  # static: the pipeline's draws, one per epoch
     mlm_probability: float = 0.15  # dynamic masking only
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
+    on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 
 
 @dataclass

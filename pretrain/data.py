@@ -3,7 +3,8 @@
 Public API:
     ReaderPosition                     where one reader is: (epoch, shard_cursor, sample_offset)
     StreamState                        a rank's position: batches consumed + one ReaderPosition per worker
-    PretrainBatches(root, split, ...)  iterable of padded HF-style batches; ``.state`` after each batch
+    PretrainBatches(root, split, ...)  iterable of padded HF-style batches; ``.state`` after each batch,
+                                       ``.skipped_shards`` (corrupt shards passed over under "skip")
     eval_batches(root, split, ...)     fixed evaluation batches, the same count on every rank
     mask_static(sample, draw), mask_dynamic(sample, rng, vocab_size, mlm_probability)
     collate(examples)                  -> HF batch: input_ids, token_type_ids, attention_mask, labels,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ from data_pipeline.schema import (
     read_shard,
 )
 
+log = logging.getLogger("bertscale")
+
 IGNORE_INDEX = -100  # label of unmasked positions (HF / torch cross-entropy convention)
 Batch = dict[str, torch.Tensor]
 Example = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # input_ids, labels, token_type_ids, nsp label
@@ -54,6 +58,7 @@ class ReaderPosition:
     epoch: int = 0
     shard_cursor: int = 0  # index into the endless shard stream (epoch = cursor // num_shards)
     sample_offset: int = 0  # samples of that shard already consumed
+    skipped_shards: int = 0  # corrupt shards this reader skipped (on_corrupt_shard="skip")
 
 
 @dataclass
@@ -165,6 +170,7 @@ class PretrainBatches:
         loop: bool = True,
         max_seq_length: int | None = None,
         state: StreamState | None = None,
+        on_corrupt_shard: Literal["fail", "skip"] = "fail",
     ):
         self.root = Path(root)
         manifest = load_manifest(self.root)
@@ -183,6 +189,7 @@ class PretrainBatches:
         self.workers = max(1, num_workers)  # in-process reading counts as one worker
         self.readers = world_size * self.workers
         self.masking, self.mlm_probability, self.seed, self.loop = masking, mlm_probability, seed, loop
+        self.on_corrupt_shard = on_corrupt_shard
         if state is None:
             first = [rank * self.workers + w for w in range(self.workers)]
             state = StreamState(0, [ReaderPosition(0, k, 0) for k in first])
@@ -191,6 +198,10 @@ class PretrainBatches:
                 f"saved data position has {len(state.workers)} workers per rank, config has {self.workers}"
             )
         self.state = state
+
+    @property
+    def skipped_shards(self) -> int:
+        return sum(w.skipped_shards for w in self.state.workers)
 
     def shard_at(self, cursor: int) -> Path:
         epoch, index = divmod(cursor, len(self.shards))
@@ -208,14 +219,25 @@ class PretrainBatches:
     def read_batches(self, reader: int, position: ReaderPosition) -> Iterator[Batch]:
         """Batches of reader ``reader`` from ``position``, which is advanced in place as samples are used."""
         pending: list[Example] = []
+        skipped_in_a_row = 0
         while self.loop or position.shard_cursor < len(self.shards):
             position.epoch = position.shard_cursor // len(self.shards)
-            for sample in read_shard(self.shard_at(position.shard_cursor), start=position.sample_offset):
-                pending.append(self.example(sample, position.epoch))
-                position.sample_offset += 1
-                if len(pending) == self.micro_batch_size:
-                    yield collate(pending)
-                    pending = []
+            try:
+                for sample in read_shard(self.shard_at(position.shard_cursor), start=position.sample_offset):
+                    pending.append(self.example(sample, position.epoch))
+                    position.sample_offset += 1
+                    if len(pending) == self.micro_batch_size:
+                        yield collate(pending)
+                        pending = []
+                skipped_in_a_row = 0
+            except DataError as err:  # samples read before the damage are kept: resume sees the same
+                if self.on_corrupt_shard == "fail":
+                    raise
+                position.skipped_shards += 1
+                skipped_in_a_row += 1
+                log.warning("%s; skipped (data.on_corrupt_shard=skip)", err)
+                if skipped_in_a_row >= len(self.shards):  # an endless stream of nothing but bad shards
+                    raise DataError(f"{self.root}: {skipped_in_a_row} corrupt shards in a row") from None
             position.shard_cursor += self.readers
             position.sample_offset = 0
         if pending:  # one-pass (evaluation) readers keep the tail

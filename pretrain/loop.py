@@ -30,8 +30,8 @@ class TrainState:
     tokens: int = 0  # non-padding tokens consumed by all ranks
 
 
-def count_tokens(batch: Mapping[str, torch.Tensor]) -> int:
-    return int(batch["attention_mask"].sum())
+def count_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return batch["attention_mask"].sum()
 
 
 def run_training(
@@ -53,30 +53,30 @@ def run_training(
     """Train from ``state.step`` to ``max_steps``; ``save``/``evaluate`` are collective callbacks."""
     accumulation = engine.gradient_accumulation_steps()
     world = dist.get_world_size() if dist.is_initialized() else 1
-    sums: dict[str, float] = {}  # this rank's sums over the current logging window
-    window_steps = 0
+    # this rank's sums over the logging window, kept on the device: no host sync between logs
+    sums: dict[str, torch.Tensor] = {}
+    window_steps, window_start = 0, time.perf_counter()
     engine.train()
     while state.step < max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
-        start = time.perf_counter()
         for _ in range(accumulation):
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in next(batches).items()}
             output = engine(**batch)
             engine.backward(output.loss)
             engine.step()
             values = {"loss": output.loss, **(step_metrics(output) if step_metrics else {})}
+            values["tokens"] = count_tokens(batch)
             for key, value in values.items():
                 if value is not None:
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
-            sums["tokens"] = sums.get("tokens", 0.0) + count_tokens(batch)
+                    sums[key] = sums.get(key, 0) + value.detach().double()
         state.step += 1
         window_steps += 1
-        sums["seconds"] = sums.get("seconds", 0.0) + time.perf_counter() - start
 
         if state.step % log_every == 0 or state.step == max_steps:
             keys = sorted(sums)
             totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], engine.device), strict=True))
-            tokens, seconds = totals.pop("tokens"), totals.pop("seconds") / world
+            seconds = time.perf_counter() - window_start
+            tokens = totals.pop("tokens")
             state.tokens += int(tokens)
             metrics = {k: v / (window_steps * accumulation * world) for k, v in totals.items()}
             metrics |= {"lr": lr, "tokens_per_s": tokens / seconds, "step_time_s": seconds / window_steps}
@@ -84,9 +84,12 @@ def run_training(
                 metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (peak_flops * world)
             tracker.log_metrics(state.step, metrics)
             sums, window_steps = {}, 0
+            window_start = time.perf_counter()
         if evaluate is not None and eval_every and state.step % eval_every == 0:
             tracker.log_metrics(state.step, evaluate())
             engine.train()
         if save is not None and save_every and state.step % save_every == 0:
             save(state)
+        if window_steps == 0:  # evaluation and checkpoint time is not training throughput
+            window_start = time.perf_counter()
     return state

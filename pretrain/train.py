@@ -110,6 +110,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         seed=cfg.seed,
         max_seq_length=bert_config.max_position_embeddings,
         state=data_state,
+        on_corrupt_shard=cfg.data.on_corrupt_shard,
     )
     validation = (
         eval_batches(
@@ -177,6 +178,9 @@ def main(cfg: PretrainConfig) -> TrainState:
         if cfg.debug.exit_after_step is not None and state.step >= cfg.debug.exit_after_step:
             log.warning("debug.exit_after_step=%d: exiting without cleanup", state.step)
             os._exit(17)  # what a crash looks like: no final save, no tracker close
+        if cfg.data.on_corrupt_shard == "skip":  # collective: counted over the whole run, all ranks
+            (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
+            tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
             tracker.log_metrics(state.step, evaluate(engine, validation))
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
