@@ -42,6 +42,13 @@ class DataConfig:
     masking: Literal["static", "dynamic"] = "static"  # static: the pipeline's draws, one per epoch
     mlm_probability: float = 0.15  # dynamic masking only
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.num_workers < 0:
+            raise ValueError("micro_batch_size must be >= 1 and num_workers >= 0")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 
 
@@ -126,6 +133,10 @@ class PretrainConfig:
     output_dir: Path = Path("runs/pretrain")
     seed: int = 1234
     max_steps: int = 1000  # optimizer steps
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.metrics.log_every < 1:
+            raise ValueError("max_steps and metrics.log_every must be >= 1")
 
 
 def load_pretrain_config(

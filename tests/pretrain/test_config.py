@@ -54,6 +54,22 @@ def test_ds_config_is_generated_and_user_sections_override(tmp_path):
         build_ds_config(cfg, 16)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.micro_batch_size=0", "micro_batch_size must be >= 1"),
+        ("data.mlm_probability=1.5", "mlm_probability must be in"),
+        ("engine.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
+        ("engine.precision=fp8", "must be one of"),
+        ("max_steps=0", "max_steps and metrics.log_every must be >= 1"),
+        ("model.hidden_size=30", "not a multiple of num_attention_heads"),
+    ],
+)
+def test_bad_values_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pretrain_config(None, [override])
+
+
 def test_lamb_with_zero_is_refused():
     with pytest.raises(ConfigError, match=r"lamb needs engine\.zero_stage=0"):
         load_pretrain_config(None, ["optimizer.name=lamb", "engine.zero_stage=2"])
