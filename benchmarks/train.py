@@ -9,10 +9,13 @@ only, for both. Steps of the two models are interleaved so that load from other 
 shared machine hits both alike; median step times and the median of the paired (same batch,
 back to back) step-time ratios are reported.
 
-MFU-like figure: model FLOP/s (pretrain.model.training_flops_per_token: the encoder, attention over
+MFU-like figure: model FLOP/s (pretrain.model.training_flops_per_token: the work the two losses
+need, i.e. the encoder over real tokens with the last layer's FFN at masked tokens, attention over
 the real length, the MLM head at masked tokens; identical for both models, so HuggingFace's
 full-vocabulary logits at every position count as waste, not as work) divided by the FLOP/s this
-machine reaches on one large matmul in the training dtype.
+machine reaches on one large matmul in the training dtype. "speed-up by process CPU time" is the
+same comparison in CPU seconds, which time-sharing with other processes does not inflate (with
+--threads 1 it is the most load-robust figure).
 
     python benchmarks/train.py                      # both configs, ~2-3 min on 2 CPU cores
     python benchmarks/train.py --steps 20 --batch-size 32 --configs L8-H512
