@@ -17,8 +17,9 @@ A step dir is written under ``.step_{N:08d}.tmp``, renamed by rank 0 once every 
 and only then named in ``latest``: a crash mid-save never leaves ``latest`` pointing at a partial
 checkpoint (tests/test_faults.py holds rank 0 in that window with ``BERTSCALE_TEST_PAUSE_IN_SAVE=N``,
 which sleeps before publishing step N, and kills the job there). DeepSpeed's own files are
-pickles: resume only from checkpoints you trust;
-``load_pretrained`` reads safetensors whenever a step dir has them.
+pickles that DeepSpeed loads with ``weights_only=False``; every DeepSpeed load here runs inside
+:func:`weights_only_loading`, so only tensors, containers and three plain DeepSpeed record types
+can be unpickled. ``load_pretrained`` reads safetensors whenever a step dir has them.
 
 Public API:
     save_checkpoint(engine, checkpoints_dir, step, *, bert_config, run_config, tokenizer, trainer_state,
@@ -26,16 +27,20 @@ Public API:
     find_resume(resume, output_dir) -> Path | None       auto | never | PATH -> a step dir
     load_checkpoint(engine, step_dir) -> dict            restores engine + RNG; returns trainer_state
     load_pretrained(path) -> (BertConfig, state_dict)    run dir, checkpoints/, step dir or ZeRO dir
+    weights_only_loading(where)                          context: DeepSpeed's torch.load made weights-only
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,29 @@ STEP_DIR = re.compile(r"^step_(\d{8})$")
 PAUSE_IN_SAVE = "BERTSCALE_TEST_PAUSE_IN_SAVE"  # fault tests only: a step whose save stalls before publishing
 
 log = logging.getLogger("bertscale")
+
+
+@contextlib.contextmanager
+def weights_only_loading(where: str | Path) -> Iterator[None]:
+    """Make DeepSpeed's ``torch.load(..., weights_only=False)`` calls weights-only while active."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    unsafe_load = torch.load
+
+    def load(f, map_location=None, weights_only=None, **kwargs):  # weights_only is always True here
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            return unsafe_load(f, map_location=map_location, weights_only=True, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{where}: refused by weights-only loading ({first})") from None
+    finally:
+        torch.load = unsafe_load
 
 
 def step_dir_name(step: int) -> str:
@@ -79,7 +107,8 @@ def consolidated_state_dict(engine: Any, deepspeed_dir: Path, tag: str) -> dict[
     if engine.zero_optimization_stage() > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(deepspeed_dir), tag=tag)
+        with weights_only_loading(deepspeed_dir):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(deepspeed_dir), tag=tag)
     else:
         state = engine.module.state_dict()
     # safetensors refuses shared storage: tied keys are dropped (readers restore them)
@@ -182,7 +211,8 @@ def load_checkpoint(engine: Any, step_dir: Path) -> dict[str, Any]:
             f"{step_dir}: saved by {len(state['data'])} ranks, resumed with {world}; "
             "resume needs the same world size (init_from loads the weights alone)"
         )
-    load_path, client_state = engine.load_checkpoint(str(step_dir / "deepspeed"), tag=step_dir.name)
+    with weights_only_loading(step_dir / "deepspeed"):
+        load_path, client_state = engine.load_checkpoint(str(step_dir / "deepspeed"), tag=step_dir.name)
     if load_path is None or client_state is None:
         raise CheckpointError(f"{step_dir / 'deepspeed'}: DeepSpeed found no checkpoint '{step_dir.name}'")
     _set_rng_state(client_state["rng"][rank])
@@ -245,7 +275,10 @@ def _load_zero(path: Path, given: Path) -> dict[str, torch.Tensor]:
     if tag is None and not (path / LATEST).is_file():
         raise CheckpointError(f"{given}: neither model.safetensors nor a DeepSpeed checkpoint found")
     try:
-        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+        with weights_only_loading(path):
+            return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+    except CheckpointError:
+        raise
     except Exception as err:  # DeepSpeed raises bare ValueError/FileNotFoundError/AssertionError
         raise CheckpointError(
             f"{path}: unreadable DeepSpeed ZeRO checkpoint ({type(err).__name__}: {err})"

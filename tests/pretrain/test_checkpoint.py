@@ -67,3 +67,21 @@ def test_find_resume(tmp_path):
     (step_dir / "deepspeed").mkdir()
     assert find_resume("auto", tmp_path) == step_dir
     assert find_resume(str(tmp_path / "checkpoints"), tmp_path / "other") == step_dir
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Exploit.target),))
+
+
+def test_a_pickled_deepspeed_checkpoint_cannot_run_code(tmp_path):
+    """DeepSpeed loads its files with weights_only=False; ours routes them through weights-only."""
+    _Exploit.target = str(tmp_path / "pwned")
+    tag_dir = tmp_path / "zero" / "global_step1"
+    tag_dir.mkdir(parents=True)
+    torch.save({"module": _Exploit()}, tag_dir / "mp_rank_00_model_states.pt")
+    (tmp_path / "zero" / "latest").write_text("global_step1")
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'zero'}: refused by weights-only loading"):
+        load_pretrained(tmp_path / "zero")
+    assert not (tmp_path / "pwned").exists()
+    assert torch.load.__module__ == "torch.serialization"  # the guard is removed afterwards
