@@ -126,7 +126,7 @@ def featurize(
             features.append(Features(ids, [0] * len(ids), labels))
         else:
             ids, types = encode_sentence(tokenizer, ex.text, ex.text_pair, max_seq_length)
-            counts["truncated_examples"] += int(len(ids) == max_seq_length)
+            counts["examples_at_max_length"] += int(len(ids) == max_seq_length)  # most were truncated
             features.append(Features(ids, types, label_to_id[ex.label]))
     return features, counts
 

@@ -62,6 +62,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     model = HEADS[cfg.task](base.config, len(data.labels), cfg.model.classifier_dropout)
     if base.weights is not None:
         init_encoder(model, base.weights, base.source)
+        base.weights = None  # the checkpoint's copy (with its MLM head) is no longer needed
     train = data.splits["train"]
     global_batch = cfg.train.micro_batch_size * dist.world_size * cfg.engine.gradient_accumulation_steps
     if len(train) < global_batch:
@@ -112,13 +113,10 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         for name, prefix in (("validation", "eval"), ("test", "test")):
             if data.splits[name]:
                 final |= held_out(data.splits[name], prefix)
+        # the last periodic eval may have been this very one: log each eval_* once per step
         every = cfg.train.eval_every
-        logged = (
-            len(periodic) == len(validation) and every and state.step % every == 0
-        )  # eval_* already at this step
-        tracker.log_metrics(
-            state.step, {k: v for k, v in final.items() if not (logged and k.startswith("eval_"))}
-        )
+        repeat = bool(every) and state.step % every == 0 and len(periodic) == len(validation)
+        tracker.log_metrics(state.step, {k: v for k, v in final.items() if not (repeat and k[:5] == "eval_")})
         _save(engine, cfg, base, data.labels, dist.rank)
         if dist.rank == 0:
             atomic_write_text(output_dir / "results.json", json.dumps(final, indent=2) + "\n")
