@@ -24,7 +24,7 @@ from bertscale.config import to_dict
 from bertscale.errors import DataError
 from data_pipeline import sources
 from data_pipeline.config import PairsConfig, PipelineConfig
-from data_pipeline.instances import Corpus, document_samples
+from data_pipeline.instances import Corpus, range_samples
 from data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
 from data_pipeline.shards import SampleBatch, plan_shards, write_manifest, write_split
 from data_pipeline.tokenizer import (
@@ -36,6 +36,7 @@ from data_pipeline.tokenizer import (
 )
 
 CLEAN_BATCH_CHARS = 256_000  # raw wikitext per cleaning task: small enough to spread, big enough to amortise
+BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step (memory ~ 30x this)
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 
 
@@ -64,13 +65,20 @@ def build_samples(
     corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
     word_start: np.ndarray,
 ) -> SampleBatch:  # fmt: skip
-    """Samples of documents ``first..last-1``, serialised to tar records."""
-    samples, doc_ids = [], []
-    for doc_id in range(first, last):
-        made = document_samples(corpus, doc_id, pool, cfg, vocab_size, seed, word_start)
-        samples += made
-        doc_ids += [doc_id] * len(made)
-    return SampleBatch.from_samples(samples, doc_ids)
+    """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
+    ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
+    blocking changes no byte)."""
+    doc_tokens = np.diff(corpus.sentence_offsets[corpus.document_offsets[first : last + 1]])
+    bounds = np.searchsorted(
+        np.cumsum(doc_tokens), np.arange(BUILD_BLOCK_TOKENS, doc_tokens.sum(), BUILD_BLOCK_TOKENS)
+    )
+    cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
+    return SampleBatch.concatenate(
+        [
+            SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
+            for a, b in itertools.pairwise(cuts.tolist())
+        ]
+    )
 
 
 _encode_task = ray.remote(num_cpus=1)(encode_documents)

@@ -20,6 +20,7 @@ import numpy as np
 
 from bertscale.atomic import atomic_write, atomic_write_text
 from bertscale.errors import DataError
+from data_pipeline.instances import SampleArrays
 from data_pipeline.schema import (
     ARRAY_FIELDS,
     LABEL_FIELD,
@@ -78,38 +79,6 @@ def _header(raw_name: bytes, name_sum: int, size: int) -> bytes:
     return raw_name + t[len(raw_name) : 124] + size_field + t[136:148] + b"%06o\x00" % checksum + t[155:]
 
 
-_ARRAY_SUFFIXES = [(f".{name}.npy".encode(), name, dtype) for name, dtype in ARRAY_FIELDS.items()]
-_LABEL_SUFFIX = f".{LABEL_FIELD}.txt".encode()
-_LONGEST_SUFFIX = max(len(_LABEL_SUFFIX), *(len(s) for s, _, _ in _ARRAY_SUFFIXES))
-
-
-def sample_records(sample: Sample) -> bytes:
-    """One sample's tar members (same bytes as ``schema.encode_sample`` put through ``tarfile``)."""
-    key = sample.key.encode("utf-8")
-    members = [
-        (suffix, npy_bytes(np.ascontiguousarray(getattr(sample, name), dtype)))
-        for suffix, name, dtype in _ARRAY_SUFFIXES
-    ]
-    members.append((_LABEL_SUFFIX, b"%d" % sample.next_sentence_label))
-    if len(key) + _LONGEST_SUFFIX > 100:
-        names = [(key + suffix).decode() for suffix, _ in members]
-        return b"".join(
-            tar_header(n, len(d)) + d + b"\0" * (-len(d) % BLOCK)
-            for n, (_, d) in zip(names, members, strict=False)
-        )
-    key_sum = sum(key)
-    parts = []
-    for suffix, data in members:
-        header = _header(key + suffix, key_sum + _byte_sum(suffix), len(data))
-        parts += [header, data, b"\0" * (-len(data) % BLOCK)]
-    return b"".join(parts)
-
-
-@functools.lru_cache(maxsize=64)
-def _byte_sum(raw: bytes) -> int:
-    return sum(raw)
-
-
 def rekey_records(records: bytes, key: str) -> bytes:
     """The same members under a new key (for the repeats that pad the last shard)."""
     parts = []
@@ -121,46 +90,136 @@ def rekey_records(records: bytes, key: str) -> bytes:
     return b"".join(parts)
 
 
+def _octal(values: np.ndarray, digits: int) -> np.ndarray:
+    """(n,) ints → (n, digits) ASCII octal, zero-padded (what ``b"%0*o" % value`` writes)."""
+    shifts = 3 * np.arange(digits - 1, -1, -1)
+    return ((values[:, None] >> shifts) & 7).astype(np.uint8) + ord("0")
+
+
+def _npy_headers(descr: str, shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """(n, h) uint8: the npy header of each shape (all of one length: checked)."""
+    unique = sorted(set(shapes))
+    table = [_npy_header(descr, s) for s in unique]
+    if len({len(h) for h in table}) > 1:
+        raise ValueError(f"npy headers of unequal length for shapes {unique}")
+    index = {s: i for i, s in enumerate(unique)}
+    rows = np.frombuffer(b"".join(table), np.uint8).reshape(len(table), -1)
+    return rows[[index[s] for s in shapes]]
+
+
+def _records(arrays: SampleArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's tar members at once → (blob, (n + 1,) offsets).
+
+    Each sample gets a fixed grid of 512-byte blocks: per member one header block and room for
+    its largest payload. Payloads are poured in with boolean masks; the blocks a sample does not
+    use are then dropped in one selection, which leaves exactly the tar byte stream (members in
+    order, each padded to a block), with no per-sample Python.
+    """
+    n, draws = len(arrays), arrays.dupe_factor
+    if n == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    t, m = arrays.lengths, arrays.num_predictions
+    shapes_t = [(x,) for x in t.tolist()]
+    shapes_m = [(draws, x) for x in m.tolist()]
+    # (header rows, flat payload bytes, payload bytes per sample) per member, in ARRAY_FIELDS order
+    payloads = [
+        (_npy_headers("<i4", shapes_t), arrays.input_ids.astype("<i4").view(np.uint8), 4 * t),
+        (_npy_headers("|u1", shapes_t), arrays.token_type_ids.astype(np.uint8), t),
+        (_npy_headers("<i2", shapes_m), arrays.masked_positions.astype("<i2").view(np.uint8), 2 * draws * m),
+        (_npy_headers("<i4", shapes_m), arrays.masked_ids.astype("<i4").view(np.uint8), 4 * draws * m),
+    ]
+    sizes = [h.shape[1] + nbytes for h, _, nbytes in payloads] + [np.ones(n, np.int64)]
+    slots = [-(-int(s.max(initial=0)) // BLOCK) for s in sizes]  # payload blocks reserved per member
+    first_block = np.cumsum([0, *(1 + s for s in slots)])  # where each member's header block sits
+    grid = np.zeros((n, int(first_block[-1]), BLOCK), np.uint8)
+    used = np.zeros(grid.shape[:2], bool)
+
+    names = np.array([k.encode() for k in arrays.keys], dtype="S")  # NUL-padded, as the name field is
+    name_sums = names.view(np.uint8).reshape(n, -1).sum(axis=1, dtype=np.int64)
+    for member, (suffix, size) in enumerate(zip(_MEMBER_SUFFIXES, sizes, strict=True)):
+        block = first_block[member]
+        member_names = np.char.add(names, suffix).view(np.uint8).reshape(n, -1)
+        if member_names.shape[1] > 100:
+            raise ValueError("sample keys longer than tar's 100-byte name field")
+        header = grid[:, block]
+        header[:] = np.frombuffer(_TEMPLATE, np.uint8)
+        header[:, : member_names.shape[1]] = member_names
+        header[:, 124:135] = size_digits = _octal(size, 11)
+        # summed with its own field as spaces (the template's), over fixed fields, name and size
+        checksum = _TEMPLATE_SUM + name_sums + _byte_sum(suffix) + size_digits.sum(axis=1, dtype=np.int64)
+        header[:, 148:154] = _octal(checksum, 6)
+        header[:, 154] = 0
+        used[:, block] = True
+        used[:, block + 1 : block + 1 + slots[member]] = np.arange(slots[member]) < -(-size[:, None] // BLOCK)
+    for member, (npy_header, data, nbytes) in enumerate(payloads):
+        body = grid[:, first_block[member] + 1 : first_block[member + 1]].reshape(n, -1)
+        h = npy_header.shape[1]
+        body[:, :h] = npy_header
+        column = np.arange(body.shape[1] - h)
+        body[:, h:][column < nbytes[:, None]] = data
+    grid[:, first_block[4] + 1, 0] = ord("0") + arrays.next_sentence_label
+    return grid[used].reshape(-1), np.concatenate([[0], np.cumsum(used.sum(axis=1) * BLOCK)]).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _byte_sum(raw: bytes) -> int:
+    return sum(raw)
+
+
+_MEMBER_SUFFIXES = [f".{name}.npy".encode() for name in ARRAY_FIELDS] + [f".{LABEL_FIELD}.txt".encode()]
+
+
 @dataclass
 class SampleBatch:
-    """Serialised samples back to back in one buffer (one cheap object to ship between processes)."""
+    """Serialised samples in a few big buffers (cheap to ship between processes; joining the
+    buffers would copy the whole dataset once more, so they stay apart)."""
 
-    blob: bytes
-    offsets: np.ndarray  # (n + 1,) int64 into blob
+    blobs: list[np.ndarray]  # uint8 tar members of consecutive samples, back to back
+    blob_index: np.ndarray  # (n,) which blob holds each sample
+    spans: np.ndarray  # (n, 2) int64 start, end in that blob
     keys: list[str]
     doc_ids: np.ndarray  # (n,) int64
     num_tokens: np.ndarray  # (n,) int64
     labels: np.ndarray  # (n,) uint8 next_sentence_label
 
     @classmethod
-    def from_samples(cls, samples: list[Sample], doc_ids: list[int]) -> SampleBatch:
-        records = [sample_records(s) for s in samples]
+    def from_arrays(cls, arrays: SampleArrays) -> SampleBatch:
+        blob, offsets = _records(arrays)
         return cls(
-            blob=b"".join(records),
-            offsets=np.concatenate([[0], np.cumsum([len(r) for r in records])]).astype(np.int64),
-            keys=[s.key for s in samples],
-            doc_ids=np.asarray(doc_ids, dtype=np.int64),
-            num_tokens=np.array([s.num_tokens for s in samples], dtype=np.int64),
-            labels=np.array([s.next_sentence_label for s in samples], dtype=np.uint8),
+            blobs=[blob],
+            blob_index=np.zeros(len(arrays), np.int64),
+            spans=np.stack([offsets[:-1], offsets[1:]], axis=1),
+            keys=arrays.keys,
+            doc_ids=arrays.doc_ids,
+            num_tokens=arrays.lengths.astype(np.int64),
+            labels=arrays.next_sentence_label,
         )
 
     @classmethod
+    def from_samples(cls, samples: list[Sample], doc_ids: list[int]) -> SampleBatch:
+        return cls.from_arrays(SampleArrays.from_samples(samples, doc_ids))
+
+    @classmethod
     def concatenate(cls, batches: list[SampleBatch]) -> SampleBatch:
-        starts = np.cumsum([0, *(len(b.blob) for b in batches[:-1])])
+        first_blob = np.cumsum([0, *(len(b.blobs) for b in batches[:-1])])
         return cls(
-            blob=b"".join(b.blob for b in batches),
-            offsets=np.concatenate([[0], *(b.offsets[1:] + s for b, s in zip(batches, starts, strict=True))]),
+            blobs=[blob for b in batches for blob in b.blobs],
+            blob_index=np.concatenate(
+                [np.zeros(0, np.int64), *(b.blob_index + f for b, f in zip(batches, first_blob, strict=True))]
+            ),
+            spans=np.concatenate([np.zeros((0, 2), np.int64), *(b.spans for b in batches)]),
             keys=[k for b in batches for k in b.keys],
-            doc_ids=np.concatenate([b.doc_ids for b in batches]),
-            num_tokens=np.concatenate([b.num_tokens for b in batches]),
-            labels=np.concatenate([b.labels for b in batches]),
+            doc_ids=np.concatenate([np.zeros(0, np.int64), *(b.doc_ids for b in batches)]),
+            num_tokens=np.concatenate([np.zeros(0, np.int64), *(b.num_tokens for b in batches)]),
+            labels=np.concatenate([np.zeros(0, np.uint8), *(b.labels for b in batches)]),
         )
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def records(self, index: int) -> bytes:
-        return self.blob[self.offsets[index] : self.offsets[index + 1]]
+    def records(self, index: int) -> memoryview:
+        start, end = self.spans[index]
+        return memoryview(self.blobs[self.blob_index[index]])[start:end]
 
 
 @dataclass
@@ -198,7 +257,7 @@ def write_shard(path: Path, batch: SampleBatch, plan: ShardPlan) -> ShardInfo:
     for position, index in enumerate(plan.indices):
         records = batch.records(index)
         if position >= plan.repeats_from:
-            records = rekey_records(records, f"{batch.keys[index]}_pad{position}")
+            records = rekey_records(bytes(records), f"{batch.keys[index]}_pad{position}")
         parts.append(records)
     data = b"".join(parts) + b"\0" * (2 * BLOCK)  # end-of-archive marker
     data += b"\0" * (-len(data) % RECORD)

@@ -12,6 +12,7 @@ from data_pipeline.instances import (
     document_samples,
     mask_batch,
     mask_tokens,
+    range_samples,
     truncate_pair,
 )
 from data_pipeline.schema import CLS_ID, MASK_ID, NEXT_IS_RANDOM, NUM_SPECIAL_TOKENS, SEP_ID
@@ -229,3 +230,21 @@ def test_mask_batch_treats_each_sequence_on_its_own(whole_words: bool) -> None:
         assert all(len(set(row.tolist())) == expected for row in positions)
         kept = ids != MASK_ID
         assert np.all((ids[kept] >= NUM_SPECIAL_TOKENS) & (ids[kept] < VOCAB))
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_a_range_builds_exactly_its_documents_one_by_one(whole_words: bool) -> None:
+    """Vectorising over a range of documents changes no draw: each document keeps its own generator."""
+    corpus = random_corpus(25, seed=4)
+    pool = np.arange(corpus.num_documents)
+    cfg = PairsConfig(max_seq_length=48, dupe_factor=4, whole_word_masking=whole_words)
+    word_start = np.arange(VOCAB) % 3 != 0
+    together = range_samples(corpus, 3, 25, pool, cfg, VOCAB, 7, word_start).to_samples()
+    one_by_one = [
+        s for d in range(3, 25) for s in document_samples(corpus, d, pool, cfg, VOCAB, 7, word_start)
+    ]
+    assert len(together) == len(one_by_one) > 100
+    for s, t in zip(together, one_by_one, strict=True):
+        assert s.key == t.key and s.next_sentence_label == t.next_sentence_label
+        for name in ("input_ids", "token_type_ids", "masked_positions", "masked_ids"):
+            np.testing.assert_array_equal(getattr(s, name), getattr(t, name))

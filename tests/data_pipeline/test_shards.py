@@ -80,3 +80,24 @@ def test_plan_shards_drop_and_too_few() -> None:
     ):
         plan_shards(np.arange(3), 4, "drop", "validation")
     assert plan_shards(np.arange(0), 4, "drop", "validation") == ([], 0)
+
+
+def test_vectorised_records_equal_tarfile(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    keys = [f"d{i:09d}p{i % 3:05d}" for i in range(7)] + ["a-much-longer-key-" * 3]
+    samples = [make_sample(k, int(rng.integers(4, 300)), rng) for k in keys]
+    batch = SampleBatch.from_samples(samples, list(range(len(samples))))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            for suffix, data in encode_sample(s).items():
+                info = tarfile.TarInfo(f"{s.key}.{suffix}")
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+    ours = b"".join(bytes(batch.records(i)) for i in range(len(samples))) + b"\0" * 1024
+    ours += b"\0" * (-len(ours) % tarfile.RECORDSIZE)
+    assert ours == buf.getvalue()
+    # concatenating batches keeps every sample's bytes
+    both = SampleBatch.concatenate([batch, SampleBatch.from_samples(samples[:2], [0, 1])])
+    assert len(both) == len(samples) + 2
+    assert bytes(both.records(len(samples) + 1)) == bytes(batch.records(1))
