@@ -249,6 +249,7 @@ class PretrainBatches:
             batch_size=None,
             num_workers=self.num_workers,
             prefetch_factor=2 if self.num_workers else None,
+            pin_memory=torch.cuda.is_available(),  # lets the copy to the GPU overlap compute
             # its own generator: seeding workers must not draw from the global RNG that dropout uses,
             # or a resumed run (which builds its loader after restoring that RNG) would diverge
             generator=torch.Generator().manual_seed(self.seed),
