@@ -304,21 +304,22 @@ def _choose_positions(num_to_predict: int, rng: np.random.Generator, words: list
 
 
 def _floyd_subsets(u: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Uniform random ``sizes[r]``-subsets of ``range(counts[r])`` for every row at once (Floyd's
-    algorithm, one step per column: max_predictions numpy steps in all, no sort of candidates).
+    """Uniform random ``sizes[r]``-subsets of ``range(counts[r])`` for every row at once, as a
+    (R, max count) bool table (Floyd's algorithm: one numpy step per element, rows in parallel).
 
-    ``u``: (R, M) uniforms, column j used by step j. Returns (R, M) sorted per row; the unused
-    tail of a row (j >= sizes[r]) holds ``counts.max()``, which sorts last.
+    ``u``: (sum sizes,) uniforms, row after row; step j of row r uses the row's j-th.
     """
-    rows, width = u.shape
-    chosen = np.full((rows, width), int(counts.max(initial=0)), np.int64)
-    for j in range(width):
-        active = j < sizes
-        upper = counts - sizes + j  # draw from 0..upper; on a repeat take upper itself (new by construction)
-        pick = (u[:, j] * (upper + 1)).astype(np.int64)
-        seen = (chosen[:, :j] == pick[:, None]).any(axis=1)
-        chosen[:, j] = np.where(active, np.where(seen, upper, pick), chosen[:, j])
-    return np.sort(chosen, axis=1)
+    width = int(counts.max(initial=0))
+    taken = np.zeros(len(counts) * width, bool)  # flat (R, width): cheaper to index than 2-D
+    row_start = np.cumsum(sizes) - sizes
+    for j in range(int(sizes.max(initial=0))):
+        rows = np.flatnonzero(j < sizes)
+        upper = (
+            counts[rows] - sizes[rows] + j
+        )  # draw from 0..upper; on a repeat take upper (new by construction)
+        pick = rows * width + (u[row_start[rows] + j] * (upper + 1)).astype(np.int64)
+        taken[np.where(taken[pick], rows * width + upper, pick)] = True
+    return taken.reshape(len(counts), width)
 
 
 def mask_flat(
@@ -342,43 +343,40 @@ def mask_flat(
     group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     num_to_predict = np.minimum(np.clip(np.round(counts * masked_lm_prob), 1, max_predictions), counts)
     num_to_predict = num_to_predict.astype(np.int64)
-    width = int(num_to_predict.max(initial=0))
-    # (D, n, width): slot k of sequence i; each group draws its own block, 3 uniforms per slot
-    # (which position, [MASK]/random/same, which random id)
+    # 3 uniforms per prediction (which position, [MASK]/random/same, which random id), in output
+    # order: sequence, draw, slot; each group draws its own
     group_bounds = np.concatenate([[0], np.cumsum([g for _, g in groups])]).astype(np.int64)
+    per_group = np.concatenate([[0], np.cumsum(num_to_predict)])[group_bounds] * num_draws
     u = np.concatenate(
-        [np.zeros((3, num_draws, 0, width))]
+        [np.zeros((3, 0))]
         + [
-            rng.random((3, num_draws, int(b - a), width))
-            for (rng, _), a, b in zip(groups, group_bounds[:-1], group_bounds[1:], strict=True)
+            rng.random((3, int(b - a)))
+            for (rng, _), a, b in zip(groups, per_group[:-1], per_group[1:], strict=True)
         ],
-        axis=2,
+        axis=1,
     )
+    seq = np.repeat(np.arange(n), num_draws * num_to_predict)
     if word_start is None:
-        ranks = _floyd_subsets(
-            u[0].reshape(-1, width), np.tile(counts, num_draws), np.tile(num_to_predict, num_draws)
-        ).reshape(num_draws, n, width)
-        positions = (
-            candidates[np.minimum(group_start[:, None] + ranks, len(candidates) - 1)] - seq_start[:, None]
-        )
+        # each (sequence, draw) row: the chosen candidate ranks, ascending (the table's row-major order)
+        taken = _floyd_subsets(u[0], np.repeat(counts, num_draws), np.repeat(num_to_predict, num_draws))
+        rank = np.flatnonzero(taken) % taken.shape[1]
+        positions = candidates[group_start[seq] + rank] - seq_start[seq]
     else:
-        positions = np.zeros((num_draws, n, width), np.int64)
+        width = int(num_to_predict.max(initial=0))
+        chosen = np.zeros((n, num_draws, width), np.int64)
         for (rng, _), s0, s1 in zip(groups, group_bounds[:-1], group_bounds[1:], strict=True):
             for i in range(s0, s1):
-                seq = flat[seq_start[i] : seq_start[i] + lengths[i]]
-                words = _word_groups(np.flatnonzero(seq >= NUM_SPECIAL_TOKENS), seq, word_start)
+                seq_ids = flat[seq_start[i] : seq_start[i] + lengths[i]]
+                words = _word_groups(np.flatnonzero(seq_ids >= NUM_SPECIAL_TOKENS), seq_ids, word_start)
                 for d in range(num_draws):
-                    positions[d, i, : num_to_predict[i]] = np.sort(
+                    chosen[i, d, : num_to_predict[i]] = np.sort(
                         _choose_positions(num_to_predict[i], rng, words)
                     )
+        positions = chosen[(np.arange(width) < num_to_predict[:, None, None]).repeat(num_draws, axis=1)]
     roll, pick = u[1], u[2]
     random_ids = NUM_SPECIAL_TOKENS + (pick * (vocab_size - NUM_SPECIAL_TOKENS)).astype(np.int64)
-    same = flat[np.minimum(seq_start[:, None] + positions, len(flat) - 1)]
-    ids = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, same))
-    # keep slot k < M of each (draw, sequence); order sequence, draw, slot = each (D, M) block row-major
-    keep = np.arange(width) < num_to_predict[:, None]  # (n, width)
-    keep = np.broadcast_to(keep, (num_draws, n, width)).transpose(1, 0, 2)
-    return positions.transpose(1, 0, 2)[keep], ids.transpose(1, 0, 2)[keep].astype(np.int32), num_to_predict
+    ids = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, flat[seq_start[seq] + positions]))
+    return positions, ids.astype(np.int32), num_to_predict
 
 
 def mask_batch(
