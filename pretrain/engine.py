@@ -19,6 +19,7 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from torch import nn
 
 from bertscale.errors import ConfigError
@@ -98,6 +99,17 @@ def create_engine(
     max_steps: int,
 ) -> deepspeed.DeepSpeedEngine:
     """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision."""
+    accelerator = get_accelerator()
+    supported = {
+        "fp16": accelerator.is_fp16_supported(),
+        "bf16": accelerator.is_bf16_supported(),
+        "fp32": True,
+    }
+    if not supported[engine_cfg.precision]:
+        raise ConfigError(
+            f"engine.precision={engine_cfg.precision} is not supported by DeepSpeed's "
+            f"'{accelerator.device_name()}' accelerator; use {'bf16 or ' if supported['bf16'] else ''}fp32"
+        )
     if engine_cfg.activation_checkpointing:
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing"):

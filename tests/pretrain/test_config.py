@@ -118,3 +118,18 @@ def test_missing_shards_and_checkpoints_are_clear_errors(capsys, tmp_path, synth
 def test_too_small_vocab_is_refused(capsys, synthetic_shards, tmp_path):
     message = _cli_error(capsys, [f"data.shards={synthetic_shards}", "model.vocab_size=50"])
     assert "model.vocab_size 50 < the tokenizer's 96" in message and "manifest.json" in message
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="GPUs support fp16")
+def test_fp16_on_cpu_is_a_config_error():
+    from pretrain.config import OptimizerConfig, ScheduleConfig
+    from pretrain.engine import create_engine
+    from pretrain.model import BertConfig, BertForPreTraining
+
+    model = BertForPreTraining(
+        BertConfig(
+            vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+        )
+    )
+    with pytest.raises(ConfigError, match=r"engine\.precision=fp16 is not supported .* use bf16 or fp32"):
+        create_engine(model, EngineConfig(precision="fp16"), OptimizerConfig(), ScheduleConfig(), 2, 10)
