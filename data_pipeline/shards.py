@@ -259,8 +259,9 @@ def write_shard(path: Path, batch: SampleBatch, plan: ShardPlan) -> ShardInfo:
         if position >= plan.repeats_from:
             records = rekey_records(bytes(records), f"{batch.keys[index]}_pad{position}")
         parts.append(records)
-    data = b"".join(parts) + b"\0" * (2 * BLOCK)  # end-of-archive marker
-    data += b"\0" * (-len(data) % RECORD)
+    size = sum(len(p) for p in parts) + 2 * BLOCK  # with the end-of-archive marker
+    parts.append(bytes(2 * BLOCK + (-size % RECORD)))
+    data = b"".join(parts)  # the one copy of the shard's bytes
     with atomic_write(path, "wb") as f:
         f.write(data)
     return ShardInfo(
