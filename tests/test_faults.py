@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertscale.config import save_config
+from data_pipeline.schema import load_manifest
 from pretrain.checkpoint import PAUSE_IN_SAVE, load_pretrained
 from pretrain.model import BertForPreTraining
 
@@ -288,7 +289,8 @@ def test_ray_worker_killed_mid_pipeline_output_identical(tiny_shards, tiny_confi
     assert "retried" in log.read_text(), tail(log)  # Ray reported the dead worker's task and re-ran it
     assert _manifest(out) == _manifest(tiny_shards)
     digests, expected = _digests(out), _digests(tiny_shards)
-    assert len(expected) == 1 + 1 + 32 + 2  # manifest, tokenizer, train and validation shards
+    shards = [s.name for split in load_manifest(tiny_shards).splits.values() for s in split.shards]
+    assert sorted(expected) == sorted(["manifest.json", "tokenizer.model", *shards])  # nothing unlisted
     assert {k: v for k, v in digests.items() if k != "manifest.json"} == {
         k: v for k, v in expected.items() if k != "manifest.json"
     }
@@ -309,6 +311,29 @@ def damaged_shards(tiny_shards, tmp_path) -> tuple[Path, Path]:
     return root, bad
 
 
+def test_skip_mode_reader_keeps_the_rest_and_counts(damaged_shards):
+    from bertscale.errors import DataError
+    from data_pipeline.schema import read_shard
+    from pretrain.data import PretrainBatches
+
+    root, bad = damaged_shards
+    readable = 0  # samples before the damage are kept, like a resumed reader would see them
+    with contextlib.suppress(DataError):
+        for _ in read_shard(bad):
+            readable += 1
+    lost = {s.name: s.samples for s in load_manifest(root).splits["train"].shards}[bad.name] - readable
+    one_pass = PretrainBatches(root, "train", micro_batch_size=8, loop=False, on_corrupt_shard="skip")
+    seen = sum(len(batch["input_ids"]) for batch in one_pass)
+    assert seen == load_manifest(root).splits["train"].samples - lost
+    assert one_pass.skipped_shards == 1
+
+    for path in root.glob("train-*.tar"):  # nothing left to read: an error, not an endless loop
+        path.write_bytes(path.read_bytes()[:700])
+    endless = PretrainBatches(root, "train", micro_batch_size=8, on_corrupt_shard="skip")
+    with pytest.raises(DataError, match="corrupt shards in a row"):
+        next(iter(endless))
+
+
 def test_truncated_shard_fails_with_one_line_naming_it(damaged_shards, tmp_path):
     root, bad = damaged_shards
     cmd = pretrain_command(root, tmp_path / "run")
@@ -319,6 +344,7 @@ def test_truncated_shard_fails_with_one_line_naming_it(damaged_shards, tmp_path)
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the reader-level test above covers skipping in the default set
 def test_truncated_shard_skipped_and_counted(damaged_shards, tmp_path):
     root, bad = damaged_shards
     out, log = tmp_path / "run", tmp_path / "run.log"
