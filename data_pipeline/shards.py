@@ -1,10 +1,11 @@
 """WebDataset tar shards and manifest.json; every file lands atomically (temp + rename).
 
-Workers serialise each sample straight into its tar records (headers + npy members), so the
-driver only slices and concatenates bytes. Tars are byte-reproducible: members in sample order,
-zero mtimes/uids, fixed modes, so the sha256 in the manifest is the same for the same seed
-however many workers ran. ``npy_bytes`` and ``tar_header`` produce exactly what ``np.save`` and
-``tarfile`` would (pinned by tests) at a fraction of the cost, which matters at ~5 members per sample.
+Workers serialise a whole block of samples into tar records (headers + npy members) with numpy
+(:func:`_records`: no per-sample Python), so the driver only slices and joins bytes. Tars are
+byte-reproducible: members in sample order, zero mtimes/uids, fixed modes, so the sha256 in the
+manifest is the same for the same seed however many workers ran. The records are exactly what
+``schema.encode_sample`` put through ``tarfile`` gives (pinned by tests); ``npy_bytes`` and
+``tar_header`` do the same for one array or member (the headers, and the padding repeats).
 """
 
 from __future__ import annotations
