@@ -57,11 +57,11 @@ def test_bad_values_rejected(override, message):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config(Job, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: [1,\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_config(Job, bad)
 
 
