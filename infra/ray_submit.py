@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from bertscale.errors import BertscaleError, ConfigError, run_cli
 
 LOOPBACK = "127.0.0.1"
@@ -139,6 +141,10 @@ def stop_local_head(head: LocalHead, grace: float = 30.0) -> None:
 
     Deliberately not `ray stop`, which kills every Ray process of the user on the machine.
     """
+    try:  # snapshot the tree first: Ray daemons that start their own session escape killpg
+        tree = psutil.Process(head.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
     with contextlib.suppress(ProcessLookupError):
         head.process.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -146,6 +152,10 @@ def stop_local_head(head: LocalHead, grace: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.process.pid, signal.SIGKILL)  # stragglers of this head's group only
     head.process.wait()
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(tree, timeout=grace)  # gone, not merely signalled, when this returns
     shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
