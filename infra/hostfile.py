@@ -137,6 +137,15 @@ def _check_unique(hosts: Sequence[str], where: str) -> None:
         seen.add(host)
 
 
+def select_hosts(hosts: Sequence[str] | None, nodelist: str | None) -> list[str]:
+    """The node list from explicit hosts, else a SLURM-style list, else the scheduler's environment."""
+    if hosts:
+        return list(hosts)
+    if nodelist:
+        return expand_nodelist(nodelist)
+    return hosts_from_env()
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m infra.hostfile", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -145,12 +154,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--slots", type=int, required=True, help="accelerators (ranks) per node")
     parser.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
     args = parser.parse_args(argv)
-    if args.hosts:
-        hosts = args.hosts
-    elif args.nodelist:
-        hosts = expand_nodelist(args.nodelist)
-    else:
-        hosts = hosts_from_env()
+    hosts = select_hosts(args.hosts, args.nodelist)
     text = render_hostfile(hosts, args.slots)
     if args.output:
         atomic_write_text(args.output, text)

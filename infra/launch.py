@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bertscale.atomic import atomic_write_text
 from bertscale.errors import ConfigError, run_cli
-from infra.hostfile import expand_nodelist, hosts_from_env, read_hostfile, render_hostfile
+from infra.hostfile import read_hostfile, render_hostfile, select_hosts
 
 DEFAULT_MASTER_PORT = 29500
 # Where each scheduler tells a process which node it is on, in the order they are tried.
@@ -83,12 +83,7 @@ def _resolve_hostfile(args: argparse.Namespace) -> tuple[Path, list[tuple[str, i
         if not slots.isdigit():
             raise ConfigError("--slots (ranks per node) is needed to write a hostfile")
         args.slots = int(slots)
-    if args.hosts:
-        hosts = args.hosts
-    elif args.nodelist:
-        hosts = expand_nodelist(args.nodelist)
-    else:
-        hosts = hosts_from_env()
+    hosts = select_hosts(args.hosts, args.nodelist)
     text = render_hostfile(hosts, args.slots)
     if args.write_hostfile:
         path = Path(args.write_hostfile)
