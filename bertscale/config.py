@@ -87,12 +87,39 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def split_cli(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+def describe(cls: type, _prefix: str = "") -> list[str]:
+    """One ``key: type = default`` line per leaf of a config tree (what ``--help`` prints)."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, f"{_prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "<required>"
+        lines.append(f"{_prefix}{f.name}: {_type_name(tp)} = {_plain(default)!r}")
+    return lines
+
+
+def split_cli(
+    argv: Sequence[str], cls: type | None = None, usage: str | None = None
+) -> tuple[str | None, list[str]]:
     """Split ``--config PATH key=value ...`` into the path and the overrides.
 
     ``--local_rank=N`` (added by the deepspeed launcher) is accepted and ignored; the rank is read
-    from the environment instead.
+    from the environment instead. ``-h``/``--help`` prints ``usage`` and every key of ``cls``, then exits.
     """
+    if {"-h", "--help"} & set(argv):
+        print(usage or "usage: --config PATH [key=value ...]")
+        if cls is not None:
+            print("\nkeys (defaults < YAML < key=value overrides):")
+            print("\n".join(f"  {line}" for line in describe(cls)))
+        raise SystemExit(0)
     path: str | None = None
     overrides: list[str] = []
     args = list(argv)

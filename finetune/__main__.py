@@ -14,7 +14,7 @@ def main(argv: Sequence[str]) -> None:
     from finetune.config import FinetuneConfig
     from finetune.train import main as train
 
-    path, overrides = split_cli(argv)
+    path, overrides = split_cli(argv, FinetuneConfig, __doc__.strip())
     train(load_config(FinetuneConfig, path, overrides))
 
 

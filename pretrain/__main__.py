@@ -10,10 +10,10 @@ from bertscale.errors import run_cli
 
 
 def main(argv: Sequence[str]) -> None:
-    from pretrain.config import load_pretrain_config
+    from pretrain.config import PretrainConfig, load_pretrain_config
     from pretrain.train import main as train
 
-    path, overrides = split_cli(argv)
+    path, overrides = split_cli(argv, PretrainConfig, __doc__.strip())
     train(load_pretrain_config(path, overrides))
 
 

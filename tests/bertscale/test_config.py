@@ -88,3 +88,14 @@ def test_run_cli_prints_one_line(capsys):
     assert run_cli(main, []) == 2
     err = capsys.readouterr().err
     assert err == "error: f.yaml: unknown key 'x'\n"
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        split_cli(["--help"], Job, "usage: job --config PATH")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: job --config PATH")
+    expected = ("steps: int = 10", "out: Path = 'runs/x'", "tags: list[str] = []", "optim.lr: float = 0.0001")
+    for line in expected:
+        assert f"  {line}\n" in out
