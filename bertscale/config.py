@@ -171,7 +171,9 @@ def _parse_scalar(raw: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")  # list[str], Literal['a', 'b'], int | None
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:

@@ -96,6 +96,12 @@ def test_help_lists_every_key_with_its_default(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: job --config PATH")
-    expected = ("steps: int = 10", "out: Path = 'runs/x'", "tags: list[str] = []", "optim.lr: float = 0.0001")
+    expected = (
+        "steps: int = 10",
+        "out: Path = 'runs/x'",
+        "tags: list[str] = []",
+        "optim.lr: float = 0.0001",
+        "optim.name: Literal['adamw', 'lamb'] = 'adamw'",
+    )
     for line in expected:
         assert f"  {line}\n" in out
