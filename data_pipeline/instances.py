@@ -33,7 +33,7 @@ from data_pipeline.schema import (
 
 @dataclass
 class Corpus:
-    """All tokenized sentences as flat arrays (cheap to share between Ray workers, zero-copy)."""
+    """All tokenized sentences as flat arrays (in memory, or memory-mapped from the spill files)."""
 
     tokens: np.ndarray  # (N,) int32, every sentence back to back
     sentence_offsets: np.ndarray  # (S + 1,) int64 into tokens

@@ -3,12 +3,19 @@
 The only module importing ray. Work is cut into contiguous document ranges; each document's
 randomness comes from (seed, doc_id) and results are gathered in document order, so the
 output is byte-identical for any ``num_workers``.
+
+Driver memory does not grow with the corpus: tasks write their results to spill files inside the
+output's temporary directory (see :mod:`data_pipeline.spill`) and return counts; the driver keeps
+tokens per document and a few numbers per sample (doc id, label, tokens, where its records lie),
+and reads each shard's records back from the spill files when it writes that shard. With a
+multi-node Ray cluster, ``output_dir`` must therefore be on a filesystem every node sees.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -17,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import ray
+import sentencepiece as spm
 from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
 from bertscale.errors import DataError
-from data_pipeline import sources
+from data_pipeline import sources, spill
 from data_pipeline.config import PairsConfig, PipelineConfig
 from data_pipeline.instances import Corpus, range_samples
 from data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
@@ -40,19 +48,19 @@ BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 
 
-# --- Ray tasks (module level so workers import them by name) ---------------------------------
-
-
-@ray.remote(num_cpus=1)
-def _clean_task(raws: list[sources.RawDocument], min_sentence_chars: int) -> list[sources.Document]:
-    return [sources.clean_document(raw, min_sentence_chars) for raw in raws]
+# --- stage functions (pure; benchmarks/pipeline.py times them directly) -----------------------
 
 
 def encode_documents(
     model_proto: bytes, documents: list[list[str]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """→ (flat token ids, length per non-empty sentence, non-empty sentences per document)."""
-    sp = processor(model_proto)
+    return _encode(processor(model_proto), documents)
+
+
+def _encode(
+    sp: spm.SentencePieceProcessor, documents: list[list[str]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     bounds = np.cumsum([0, *(len(doc) for doc in documents)])
@@ -61,10 +69,10 @@ def encode_documents(
     return tokens, lengths[lengths > 0], per_doc
 
 
-def build_samples(
+def sample_blocks(
     corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
     word_start: np.ndarray,
-) -> SampleBatch:  # fmt: skip
+) -> Iterator[SampleBatch]:  # fmt: skip
     """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
     ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
     blocking changes no byte)."""
@@ -73,16 +81,59 @@ def build_samples(
         np.cumsum(doc_tokens), np.arange(BUILD_BLOCK_TOKENS, doc_tokens.sum(), BUILD_BLOCK_TOKENS)
     )
     cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
+    for a, b in itertools.pairwise(cuts.tolist()):
+        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
+
+
+def build_samples(
+    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    word_start: np.ndarray,
+) -> SampleBatch:  # fmt: skip
+    """:func:`sample_blocks` in memory, as one batch."""
     return SampleBatch.concatenate(
-        [
-            SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
-            for a, b in itertools.pairwise(cuts.tolist())
-        ]
+        list(sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start))
     )
 
 
-_encode_task = ray.remote(num_cpus=1)(encode_documents)
-_samples_task = ray.remote(num_cpus=1)(build_samples)
+# --- Ray tasks (module level so workers import them by name): results go to spill files -------
+
+
+@ray.remote(num_cpus=1)
+def _clean_task(raws: list[sources.RawDocument], min_sentence_chars: int, path: Path) -> tuple[int, int]:
+    """→ (documents with text, sentences), the documents written to ``path``."""
+    cleaned = (sources.clean_document(raw, min_sentence_chars) for raw in raws)
+    documents = [doc.sentences for doc in cleaned if doc.sentences]
+    return len(documents), spill.write_documents(path, documents)
+
+
+def _encode_files(model_proto: bytes, paths: list[Path], spill_dir: Path, part: int) -> np.ndarray:
+    """Encode clean files one at a time into encode part ``part`` → tokens per kept document."""
+    sp, doc_tokens = processor(model_proto), []  # the model loaded once, not per file
+    with spill.encoded_writer(spill_dir, part) as out:
+        for path in paths:
+            tokens, lengths, per_doc = _encode(sp, spill.read_documents(path))
+            per_doc = per_doc[per_doc > 0]  # documents left without a token are dropped
+            out["tokens"].write(tokens.tobytes())
+            out["lengths"].write(lengths.tobytes())
+            out["docs"].write(per_doc.tobytes())
+            ends = np.cumsum(lengths)[np.cumsum(per_doc) - 1]
+            doc_tokens.append(np.diff(ends, prepend=0))
+    return np.concatenate([np.zeros(0, np.int64), *doc_tokens])
+
+
+def _spill_samples(
+    spill_dir: Path, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    word_start: np.ndarray, path: Path,
+) -> SampleBatch:  # fmt: skip
+    corpus = spill.load_corpus(spill_dir)
+    return spill.spill_records(
+        sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start), path
+    )
+
+
+# named after the stage functions they run (what `ps` shows as ray::<name>)
+_encode_task = ray.remote(num_cpus=1)(_encode_files).options(name="encode_documents")
+_samples_task = ray.remote(num_cpus=1)(_spill_samples).options(name="build_samples")
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -201,44 +252,66 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
 
 
 def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
+    given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
+    model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
+    with atomic_directory(output) as tmp:
+        spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
+        spill_dir.mkdir()
+        try:
+            _stages(cfg, tmp, spill_dir, model_proto, clock)
+        finally:
+            shutil.rmtree(spill_dir)  # before the directory is published (or removed on error)
+    clock.lap("write")
+    return output
+
+
+def _stages(
+    cfg: PipelineConfig, tmp: Path, spill_dir: Path, model_proto: bytes | None, clock: _Clock
+) -> None:
+    """The stages; every intermediate result goes to ``spill_dir``, the driver keeps counts and
+    per-document sizes (plus per-sample metadata: doc id, label, tokens, where its records are)."""
     bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
     workers = cfg.num_workers
     skips = _Skips(cfg.on_bad_input == "fail")
-    given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
-    model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
 
     # 1. read and clean: the driver streams raw pages, workers run mwparserfromhell + sentence split
-    refs, sizes = [], []
+    refs, sizes, clean_files = [], [], []
     with tqdm(desc="read", unit="doc", **bar) as read_bar:
         for batch in _batches(_raw_documents(cfg, skips), cfg.inputs.max_documents):
-            refs.append(_clean_task.remote(batch, cfg.inputs.min_sentence_chars))
+            clean_files.append(spill_dir / f"clean-{len(clean_files):06d}.bin")
+            refs.append(_clean_task.remote(batch, cfg.inputs.min_sentence_chars, clean_files[-1]))
             sizes.append(len(batch))
             read_bar.update(len(batch))
             if len(refs) > 2 * workers:  # bound what is in flight; a dump is never whole in memory
                 ray.wait(refs, num_returns=len(refs) - 2 * workers)
     cleaned = _gather(refs, sizes, tqdm(total=sum(sizes), desc="clean", unit="doc", **bar))
-    documents = [doc.sentences for chunk in cleaned for doc in chunk if doc.sentences]
-    if not documents:
+    sentences_per_file = [n for _, n in cleaned]
+    if sum(d for d, _ in cleaned) == 0:
         raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
     clock.lap("read_clean")
 
-    # 2. tokenizer: trained once on the driver, or loaded
+    # 2. tokenizer: trained once on the driver (sentences read back from the spill), or loaded
     if model_proto is None:
-        model_proto = train_tokenizer([s for doc in documents for s in doc], cfg.tokenizer, cfg.seed)
+        model_proto = train_tokenizer(
+            spill.SpilledSentences(clean_files, sentences_per_file), cfg.tokenizer, cfg.seed
+        )
     sp = processor(model_proto)
     vocab_size = sp.get_piece_size()
     clock.lap("tokenizer")
 
-    # 3. encode sentences in the workers
+    # 3. encode sentences in the workers, then join their parts into one memory-mappable corpus
     model_ref = ray.put(model_proto)
-    parts = _ranges(np.array([len(d) for d in documents]), workers * TASKS_PER_WORKER)
-    refs = [_encode_task.remote(model_ref, documents[a:b]) for a, b in parts]
+    parts = _ranges(np.array(sentences_per_file), workers * TASKS_PER_WORKER)
+    refs = [_encode_task.remote(model_ref, clean_files[a:b], spill_dir, i) for i, (a, b) in enumerate(parts)]
     encoded = _gather(
-        refs, [b - a for a, b in parts], tqdm(total=len(documents), desc="encode", unit="doc", **bar)
-    )
-    corpus = Corpus.from_encoded(*(np.concatenate(x) for x in zip(*encoded, strict=True)))
-    num_docs = corpus.num_documents
-    del cleaned, documents, encoded  # the text is no longer needed; only ids go on
+        refs, [sum(d for d, _ in cleaned[a:b]) for a, b in parts],
+        tqdm(total=sum(d for d, _ in cleaned), desc="encode", unit="doc", **bar),
+    )  # fmt: skip
+    doc_tokens = np.concatenate(encoded)  # (D,) tokens per document: all the driver keeps of the corpus
+    num_sentences = spill.join_corpus(spill_dir, len(parts))
+    for path in clean_files:
+        path.unlink()  # the text is no longer needed; only ids go on
+    num_docs = len(doc_tokens)
     clock.lap("encode")
 
     # 4. pairs + masks; the random-B pool is a seeded sample of documents, the same for any split of work
@@ -247,15 +320,24 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
         pool = np.sort(
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
-    corpus_ref, word_start = ray.put(corpus), word_start_table(sp)
-    doc_tokens = np.diff(corpus.sentence_offsets[corpus.document_offsets])
+    word_start = word_start_table(sp)
     parts = _ranges(doc_tokens, workers * TASKS_PER_WORKER)
     refs = [
-        _samples_task.remote(corpus_ref, a, b, pool, cfg.pairs, vocab_size, cfg.seed, word_start)
-        for a, b in parts
+        _samples_task.remote(
+            spill_dir,
+            a,
+            b,
+            pool,
+            cfg.pairs,
+            vocab_size,
+            cfg.seed,
+            word_start,
+            spill_dir / f"records-{i:06d}.bin",
+        )
+        for i, (a, b) in enumerate(parts)
     ]
     produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
-    samples = SampleBatch.concatenate(produced)
+    samples = SampleBatch.concatenate(produced)  # metadata only: the records stay in the spill files
     if len(samples) == 0:
         raise DataError(f"no sentence pairs could be built from {num_docs} documents (all too short?)")
     clock.lap("pairs")
@@ -270,33 +352,33 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
 
     split_infos: dict[str, SplitInfo] = {}
     dropped: dict[str, int] = {}
-    with atomic_directory(output) as tmp:
+    try:
         for index, split in enumerate(SPLITS):
             order = np.random.default_rng([cfg.seed, 0x51, index]).permutation(members[split])
             plans, dropped[split] = plan_shards(
                 order, cfg.split.samples_per_shard, cfg.split.remainder, split
             )
             split_infos[split] = write_split(tmp, split, samples, plans, cfg.split.samples_per_shard)
-        with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
-            f.write(model_proto)
-        manifest = Manifest(
-            tokenizer_sha256=model_sha256(model_proto),
-            vocab_size=vocab_size,
-            max_seq_length=cfg.pairs.max_seq_length,
-            dupe_factor=cfg.pairs.dupe_factor,
-            splits=split_infos,
-            config=to_dict(cfg),
-            inputs={
-                "documents": num_docs,
-                "sentences": len(corpus.sentence_offsets) - 1,
-                "tokens": len(corpus.tokens),
-                "pairs": len(samples),
-                "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
-                "validation_documents": num_val,
-            },
-            skipped=skips.items,
-            dropped_samples=dropped,
-        )
-        write_manifest(tmp, manifest)
-    clock.lap("write")
-    return output
+    finally:
+        samples.close()
+    with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
+        f.write(model_proto)
+    manifest = Manifest(
+        tokenizer_sha256=model_sha256(model_proto),
+        vocab_size=vocab_size,
+        max_seq_length=cfg.pairs.max_seq_length,
+        dupe_factor=cfg.pairs.dupe_factor,
+        splits=split_infos,
+        config=to_dict(cfg),
+        inputs={
+            "documents": num_docs,
+            "sentences": num_sentences,
+            "tokens": int(doc_tokens.sum()),
+            "pairs": len(samples),
+            "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
+            "validation_documents": num_val,
+        },
+        skipped=skips.items,
+        dropped_samples=dropped,
+    )
+    write_manifest(tmp, manifest)

@@ -1,7 +1,8 @@
 """WebDataset tar shards and manifest.json; every file lands atomically (temp + rename).
 
 Workers serialise a whole block of samples into tar records (headers + npy members) with numpy
-(:func:`_records`: no per-sample Python), so the driver only slices and joins bytes. Tars are
+(:func:`_records`: no per-sample Python) and spill them to a file (:class:`RecordFile`); the
+driver reads back one shard's records at a time and joins them. Tars are
 byte-reproducible: members in sample order, zero mtimes/uids, fixed modes, so the sha256 in the
 manifest is the same for the same seed however many workers ran. The records are exactly what
 ``schema.encode_sample`` put through ``tarfile`` gives (pinned by tests); ``npy_bytes`` and
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,15 +172,37 @@ def _byte_sum(raw: bytes) -> int:
 _MEMBER_SUFFIXES = [f".{name}.npy".encode() for name in ARRAY_FIELDS] + [f".{LABEL_FIELD}.txt".encode()]
 
 
+class RecordFile:
+    """Tar records a worker spilled to disk; the driver reads one sample at a time with pread
+    (no mapping, so its memory never grows with the dataset)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._fd: int | None = None
+
+    def read(self, start: int, end: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._fd, end - start, start)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path, "_fd": None}  # a descriptor means nothing in another process
+
+
 @dataclass
 class SampleBatch:
-    """Serialised samples in a few big buffers (cheap to ship between processes; joining the
-    buffers would copy the whole dataset once more, so they stay apart)."""
+    """Serialised samples in a few big buffers, in memory or spilled to files (cheap to ship
+    between processes; joining the buffers would copy the whole dataset once more, so they stay
+    apart). Keys are not kept: they are in the records."""
 
-    blobs: list[np.ndarray]  # uint8 tar members of consecutive samples, back to back
+    blobs: list[np.ndarray | RecordFile]  # tar members of consecutive samples, back to back
     blob_index: np.ndarray  # (n,) which blob holds each sample
     spans: np.ndarray  # (n, 2) int64 start, end in that blob
-    keys: list[str]
     doc_ids: np.ndarray  # (n,) int64
     num_tokens: np.ndarray  # (n,) int64
     labels: np.ndarray  # (n,) uint8 next_sentence_label
@@ -190,7 +214,6 @@ class SampleBatch:
             blobs=[blob],
             blob_index=np.zeros(len(arrays), np.int64),
             spans=np.stack([offsets[:-1], offsets[1:]], axis=1),
-            keys=arrays.keys,
             doc_ids=arrays.doc_ids,
             num_tokens=arrays.lengths.astype(np.int64),
             labels=arrays.next_sentence_label,
@@ -202,25 +225,39 @@ class SampleBatch:
 
     @classmethod
     def concatenate(cls, batches: list[SampleBatch]) -> SampleBatch:
-        first_blob = np.cumsum([0, *(len(b.blobs) for b in batches[:-1])])
+        first_blob = np.cumsum([0, *(len(b.blobs) for b in batches)])[:-1]
         return cls(
             blobs=[blob for b in batches for blob in b.blobs],
             blob_index=np.concatenate(
                 [np.zeros(0, np.int64), *(b.blob_index + f for b, f in zip(batches, first_blob, strict=True))]
             ),
             spans=np.concatenate([np.zeros((0, 2), np.int64), *(b.spans for b in batches)]),
-            keys=[k for b in batches for k in b.keys],
             doc_ids=np.concatenate([np.zeros(0, np.int64), *(b.doc_ids for b in batches)]),
             num_tokens=np.concatenate([np.zeros(0, np.int64), *(b.num_tokens for b in batches)]),
             labels=np.concatenate([np.zeros(0, np.uint8), *(b.labels for b in batches)]),
         )
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.doc_ids)
 
-    def records(self, index: int) -> memoryview:
-        start, end = self.spans[index]
-        return memoryview(self.blobs[self.blob_index[index]])[start:end]
+    def records(self, index: int) -> memoryview | bytes:
+        start, end = self.spans[index].tolist()
+        blob = self.blobs[self.blob_index[index]]
+        if isinstance(blob, RecordFile):
+            return blob.read(start, end)
+        return memoryview(blob)[start:end]
+
+    def close(self) -> None:
+        """Close the spill files' descriptors (reopened on the next read)."""
+        for blob in self.blobs:
+            if isinstance(blob, RecordFile):
+                blob.close()
+
+
+def record_key(records: bytes | memoryview) -> str:
+    """The sample key of a sample's records (its first member is named ``{key}.{suffix}``)."""
+    info = tarfile.TarInfo.frombuf(bytes(records[:BLOCK]), "utf-8", "surrogateescape")
+    return info.name.partition(".")[0]
 
 
 @dataclass
@@ -258,7 +295,7 @@ def write_shard(path: Path, batch: SampleBatch, plan: ShardPlan) -> ShardInfo:
     for position, index in enumerate(plan.indices):
         records = batch.records(index)
         if position >= plan.repeats_from:
-            records = rekey_records(bytes(records), f"{batch.keys[index]}_pad{position}")
+            records = rekey_records(bytes(records), f"{record_key(records)}_pad{position}")
         parts.append(records)
     size = sum(len(p) for p in parts) + 2 * BLOCK  # with the end-of-archive marker
     parts.append(bytes(2 * BLOCK + (-size % RECORD)))
