@@ -34,7 +34,7 @@ from data_pipeline.schema import TOKENIZER_NAME
 from finetune.config import ModelConfig
 from finetune.data import load_tokenizer
 from finetune.heads import HEADS
-from pretrain.checkpoint import load_pretrained
+from pretrain.checkpoint import load_pretrained, resolve_step_dir
 from pretrain.model import BertConfig
 
 HEAD_FILE = "head.json"
@@ -72,19 +72,15 @@ def load_base(cfg: ModelConfig) -> BaseModel:
             config = dataclasses.replace(config, **cfg.config)  # e.g. dropout; shapes must still match
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.config: {err}") from None
-    tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else _find_tokenizer(Path(cfg.checkpoint))
+    tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else find_tokenizer(Path(cfg.checkpoint))
     weights = state if cfg.init == "pretrained" else None
     return BaseModel(config, tokenizer, weights, f"{cfg.init} ({cfg.checkpoint})")
 
 
-def _find_tokenizer(checkpoint: Path) -> Path:
-    # a run dir points at its latest step dir; a ZeRO dir sits inside a step dir
-    places = [checkpoint, checkpoint / "checkpoints"]
-    for root in list(places):
-        latest = root / "latest"
-        if latest.is_file():
-            places.append(root / latest.read_text(encoding="utf-8").strip())
-    places += [checkpoint.parent, checkpoint.parent.parent]
+def find_tokenizer(checkpoint: Path) -> Path:
+    """The ``tokenizer.model`` saved with a pretrain checkpoint (run, step or ZeRO dir)."""
+    # a ZeRO dir sits inside a step dir (``step_N/deepspeed[/step_N]``), so look up from it too
+    places = [resolve_step_dir(checkpoint), checkpoint, checkpoint.parent, checkpoint.parent.parent]
     for place in places:
         if (place / TOKENIZER_NAME).is_file():
             return place / TOKENIZER_NAME

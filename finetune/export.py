@@ -264,7 +264,7 @@ def _model_kwargs(cls: type[BertForPreTraining | BertModel], state: StateDict) -
 
 
 def _tokenizer_beside(source: Path) -> Path | None:
-    from finetune.checkpoint import _find_tokenizer as find_tokenizer  # where fine-tuning looks, too
+    from finetune.checkpoint import find_tokenizer  # where fine-tuning looks, too
 
     try:
         return find_tokenizer(source)

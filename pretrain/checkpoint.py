@@ -191,7 +191,7 @@ def find_resume(resume: str, output_dir: Path) -> Path | None:
         if step_dir is None:
             return None
     else:
-        step_dir = _resolve_step_dir(Path(resume))
+        step_dir = resolve_step_dir(Path(resume))
     if not (step_dir / "deepspeed").is_dir():
         raise CheckpointError(f"{step_dir}: no deepspeed/ engine state to resume from (use init_from)")
     return step_dir
@@ -222,7 +222,8 @@ def load_checkpoint(engine: Any, step_dir: Path) -> dict[str, Any]:
 # --- reading weights without an engine -----------------------------------------------------------
 
 
-def _resolve_step_dir(path: Path) -> Path:
+def resolve_step_dir(path: Path) -> Path:
+    """The step dir a run dir, ``checkpoints/`` dir (both via ``latest``) or step dir stands for."""
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_file():
@@ -239,7 +240,7 @@ def _resolve_step_dir(path: Path) -> Path:
 def load_pretrained(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tensor]]:
     """Config and fp32 weights (HF keys of BertForPreTraining, tied keys included) from a checkpoint."""
     given = Path(path)
-    step_dir = _resolve_step_dir(given)
+    step_dir = resolve_step_dir(given)
     weights = step_dir / "model.safetensors"
     if weights.is_file():
         try:
