@@ -1,6 +1,6 @@
 """What pretraining buys: the same fine-tuning from a pretrained checkpoint and from random init.
 
-    python benchmarks/finetune_pretrained_vs_scratch.py --config finetune/configs/sentiment.yaml \\
+    python benchmarks/finetune_pretrained_vs_scratch.py --config bertscale/finetune/configs/sentiment.yaml \\
         model.checkpoint=runs/pretrain [key=value ...]
 
 Both runs share everything (architecture, tokenizer, data split, head init, batches, schedule, seed)
@@ -21,8 +21,8 @@ from pathlib import Path
 from bertscale.atomic import atomic_write_text
 from bertscale.config import load_config, split_cli
 from bertscale.errors import ConfigError, run_cli
-from finetune.config import FinetuneConfig
-from finetune.train import main as finetune
+from bertscale.finetune.config import FinetuneConfig
+from bertscale.finetune.train import main as finetune
 
 INITS = ("pretrained", "random")
 

@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 
 from bertscale.config import load_config
-from data_pipeline.__main__ import DEMO_CONFIG
-from data_pipeline.config import PipelineConfig
-from data_pipeline.instances import Corpus
-from data_pipeline.run import build_samples, encode_documents, run_pipeline
-from data_pipeline.schema import TOKENIZER_NAME, load_manifest
-from data_pipeline.shards import plan_shards, write_split
-from data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
-from data_pipeline.tokenizer import processor, word_start_table
+from bertscale.data_pipeline.__main__ import DEMO_CONFIG
+from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.instances import Corpus
+from bertscale.data_pipeline.run import build_samples, encode_documents, run_pipeline
+from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.shards import plan_shards, write_split
+from bertscale.data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
+from bertscale.data_pipeline.tokenizer import processor, word_start_table
 
 POST_PARSE = ("encode", "pairs", "write")
 

@@ -9,7 +9,7 @@ only, for both. Steps of the two models are interleaved so that load from other 
 shared machine hits both alike; median step times and the median of the paired (same batch,
 back to back) step-time ratios are reported.
 
-MFU-like figure: model FLOP/s (pretrain.model.training_flops_per_token: the work the two losses
+MFU-like figure: model FLOP/s (bertscale.model.training_flops_per_token: the work the two losses
 need, i.e. the encoder over real tokens with the last layer's FFN at masked tokens, attention over
 the real length, the MLM head at masked tokens; identical for both models, so HuggingFace's
 full-vocabulary logits at every position count as waste, not as work) divided by the FLOP/s this
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import transformers
 
-from data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
-from pretrain.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
+from bertscale.data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
+from bertscale.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
 
 CONFIGS = {  # name -> (BertConfig overrides, goal for our speed-up over HuggingFace)
     "L4-H256": (
@@ -75,7 +75,7 @@ def make_batch(
     rng: np.random.Generator,
     mlm_probability: float = 0.15,
 ) -> dict[str, torch.Tensor]:
-    """A right-padded HF-style batch (as pretrain.data.collate makes), padded to max_seq_length."""
+    """A right-padded HF-style batch (as bertscale.pretrain.data.collate makes), padded to max_seq_length."""
     lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
     input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
     labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)

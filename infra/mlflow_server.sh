@@ -3,4 +3,4 @@
 #   infra/mlflow_server.sh --sqlite runs/mlflow.db --artifacts-destination runs/mlartifacts --port 5000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m infra.mlflow_server "$@"
+exec "${PYTHON:-python}" -m bertscale.infra.mlflow_server "$@"

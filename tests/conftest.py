@@ -12,7 +12,7 @@ ASSETS = Path(__file__).parent / "assets"
 def tiny_pipeline_config(output_dir: Path, **overrides):
     """The small pipeline config used by ``tiny_shards``; tests tweak it with keyword overrides."""
     from bertscale.config import from_dict
-    from data_pipeline.config import PipelineConfig
+    from bertscale.data_pipeline.config import PipelineConfig
 
     values = {
         "inputs": {"wiki": [str(ASSETS / "tiny_wiki.xml")], "books": [str(ASSETS / "books" / "*.txt")]},
@@ -47,6 +47,6 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lists, a table and refs, plus three small books): max_seq_length 64, vocab 600, dupe_factor 2,
     8 samples per shard (32 train shards, 2 validation shards).
     """
-    from data_pipeline.run import run_pipeline
+    from bertscale.data_pipeline.run import run_pipeline
 
     return run_pipeline(tiny_pipeline_config(tmp_path_factory.mktemp("tiny_shards") / "data"))

@@ -28,9 +28,9 @@ import torch
 from safetensors.torch import load_file
 
 from bertscale.config import save_config
-from data_pipeline.schema import load_manifest
-from pretrain.checkpoint import PAUSE_IN_SAVE, load_pretrained
-from pretrain.model import BertForPreTraining
+from bertscale.data_pipeline.schema import load_manifest
+from bertscale.model import BertForPreTraining
+from bertscale.pretrain.checkpoint import PAUSE_IN_SAVE, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -78,15 +78,15 @@ def _free_port() -> int:
 
 
 def pretrain_command(shards: Path, output_dir: Path, *overrides: str, ranks: int = 1) -> list[str]:
-    """``deepspeed --num_accelerators N --module pretrain`` (plain ``python -m pretrain`` for 1 rank)."""
+    """``deepspeed --num_accelerators N --module bertscale.pretrain`` (plain ``python -m bertscale.pretrain`` for 1 rank)."""
     config = output_dir.parent / f"{output_dir.name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(CONFIG)
     args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
     if ranks == 1:
-        return [sys.executable, "-m", "pretrain", *args]
+        return [sys.executable, "-m", "bertscale.pretrain", *args]
     launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
-    return [*launcher, "--module", "pretrain", *args]
+    return [*launcher, "--module", "bertscale.pretrain", *args]
 
 
 def kill_tree(proc: subprocess.Popen | psutil.Process) -> None:
@@ -280,7 +280,7 @@ def test_ray_worker_killed_mid_pipeline_output_identical(tiny_shards, tiny_confi
     out, log = tmp_path / "data", tmp_path / "pipeline.log"
     config = tmp_path / "pipeline.yaml"
     save_config(tiny_config(out), config)
-    with launched([sys.executable, "-m", "data_pipeline", "--config", str(config)], log) as proc:
+    with launched([sys.executable, "-m", "bertscale.data_pipeline", "--config", str(config)], log) as proc:
         worker = wait_for(lambda: _busy_ray_worker(proc), proc, "a busy Ray worker", timeout=120)
         title = " ".join(worker.cmdline())
         worker.kill()
@@ -302,7 +302,7 @@ def test_ray_worker_killed_mid_pipeline_output_identical(tiny_shards, tiny_confi
 @pytest.fixture
 def damaged_shards(tiny_shards, tmp_path) -> tuple[Path, Path]:
     """A copy of ``tiny_shards`` whose second train shard read (seed 1234, one reader) is cut short."""
-    from pretrain.data import PretrainBatches
+    from bertscale.pretrain.data import PretrainBatches
 
     root = tmp_path / "shards"
     shutil.copytree(tiny_shards, root)
@@ -312,9 +312,9 @@ def damaged_shards(tiny_shards, tmp_path) -> tuple[Path, Path]:
 
 
 def test_skip_mode_reader_keeps_the_rest_and_counts(damaged_shards):
+    from bertscale.data_pipeline.schema import read_shard
     from bertscale.errors import DataError
-    from data_pipeline.schema import read_shard
-    from pretrain.data import PretrainBatches
+    from bertscale.pretrain.data import PretrainBatches
 
     root, bad = damaged_shards
     readable = 0  # samples before the damage are kept, like a resumed reader would see them
@@ -364,7 +364,7 @@ def test_truncated_shard_skipped_and_counted(damaged_shards, tmp_path):
 def test_mlflow_server_down_mid_run_training_finishes(tiny_shards, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from infra.mlflow_server import MlflowServerConfig, running_server, sqlite_uri
+    from bertscale.infra.mlflow_server import MlflowServerConfig, running_server, sqlite_uri
 
     steps = 60  # long enough (seconds) to outlive the server by many steps
     server = MlflowServerConfig(sqlite_uri(tmp_path / "mlflow.db"), str(tmp_path / "art"), port=_free_port())

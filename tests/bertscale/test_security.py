@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["bertscale", "data_pipeline", "pretrain", "finetune", "infra", "benchmarks"]
+PACKAGES = ["bertscale", "benchmarks"]
 
 
 def _python_files() -> list[Path]:

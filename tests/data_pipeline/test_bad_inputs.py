@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import ray
 
+from bertscale.data_pipeline.run import run_pipeline
+from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import DataError
-from data_pipeline.run import run_pipeline
-from data_pipeline.schema import load_manifest
 
 ASSETS = Path(__file__).parents[1] / "assets"
 REPO = Path(__file__).parents[2]
@@ -123,7 +123,11 @@ def test_pad_remainder_fills_the_last_shard(local_ray, tiny_config, tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "data_pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "bertscale.data_pipeline", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -167,7 +171,7 @@ def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_pa
 def test_whole_word_masking_end_to_end(local_ray, tiny_config, tmp_path):
     import sentencepiece as spm
 
-    from data_pipeline.schema import read_shard
+    from bertscale.data_pipeline.schema import read_shard
 
     out = run_pipeline(tiny_config(tmp_path / "wwm", pairs__whole_word_masking=True))
     manifest = load_manifest(out)

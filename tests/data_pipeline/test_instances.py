@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_pipeline.config import PairsConfig
-from data_pipeline.instances import (
+from bertscale.data_pipeline.config import PairsConfig
+from bertscale.data_pipeline.instances import (
     Corpus,
     create_pairs,
     document_samples,
@@ -15,7 +15,7 @@ from data_pipeline.instances import (
     range_samples,
     truncate_pair,
 )
-from data_pipeline.schema import CLS_ID, MASK_ID, NEXT_IS_RANDOM, NUM_SPECIAL_TOKENS, SEP_ID
+from bertscale.data_pipeline.schema import CLS_ID, MASK_ID, NEXT_IS_RANDOM, NUM_SPECIAL_TOKENS, SEP_ID
 
 VOCAB = 30_000
 

@@ -25,8 +25,8 @@ REPO = Path(__file__).parents[2]
 DRIVER = """
 import json, resource, sys, tracemalloc
 from bertscale.config import load_config
-from data_pipeline.config import PipelineConfig
-from data_pipeline.run import run_pipeline
+from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.run import run_pipeline
 
 cfg = load_config(PipelineConfig, sys.argv[1])
 tracemalloc.start()

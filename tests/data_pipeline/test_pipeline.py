@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from data_pipeline.run import run_pipeline
-from data_pipeline.schema import (
+from bertscale.data_pipeline.run import run_pipeline
+from bertscale.data_pipeline.schema import (
     CLS_ID,
     MASK_ID,
     NUM_SPECIAL_TOKENS,

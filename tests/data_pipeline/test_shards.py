@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bertscale.data_pipeline.schema import Sample, encode_sample, read_shard
+from bertscale.data_pipeline.shards import SampleBatch, npy_bytes, plan_shards, tar_header, write_shard
 from bertscale.errors import DataError
-from data_pipeline.schema import Sample, encode_sample, read_shard
-from data_pipeline.shards import SampleBatch, npy_bytes, plan_shards, tar_header, write_shard
 
 
 def make_sample(key: str, length: int, rng: np.random.Generator) -> Sample:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bertscale.errors import DataError
-from data_pipeline.sources import (
+from bertscale.data_pipeline.sources import (
     book_paragraphs,
     clean_document,
     expand_inputs,
@@ -18,6 +17,7 @@ from data_pipeline.sources import (
     split_sentences,
     wikitext_paragraphs,
 )
+from bertscale.errors import DataError
 
 ASSETS = Path(__file__).parents[1] / "assets"
 WIKI = ASSETS / "tiny_wiki.xml"

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline import run, spill
-from data_pipeline.config import PairsConfig, TokenizerConfig
-from data_pipeline.instances import Corpus
-from data_pipeline.run import _encode_files, build_samples, encode_documents, sample_blocks
-from data_pipeline.shards import plan_shards, write_shard
-from data_pipeline.tokenizer import processor, train_tokenizer, word_start_table
+from bertscale.data_pipeline import run, spill
+from bertscale.data_pipeline.config import PairsConfig, TokenizerConfig
+from bertscale.data_pipeline.instances import Corpus
+from bertscale.data_pipeline.run import _encode_files, build_samples, encode_documents, sample_blocks
+from bertscale.data_pipeline.shards import plan_shards, write_shard
+from bertscale.data_pipeline.tokenizer import processor, train_tokenizer, word_start_table
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from bertscale.data_pipeline.config import TokenizerConfig
+from bertscale.data_pipeline.schema import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+from bertscale.data_pipeline.sources import clean_document, read_book
+from bertscale.data_pipeline.tokenizer import (
+    load_tokenizer_model,
+    processor,
+    train_tokenizer,
+    word_start_table,
+)
 from bertscale.errors import DataError
-from data_pipeline.config import TokenizerConfig
-from data_pipeline.schema import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
-from data_pipeline.sources import clean_document, read_book
-from data_pipeline.tokenizer import load_tokenizer_model, processor, train_tokenizer, word_start_table
 
 BOOK = Path(__file__).parents[1] / "assets" / "books" / "hamlet_act1.txt"
 

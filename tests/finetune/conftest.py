@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.config import TokenizerConfig
-from data_pipeline.tokenizer import train_tokenizer
-from finetune.readers import BUILTIN_DATASETS, read_examples
+from bertscale.data_pipeline.config import TokenizerConfig
+from bertscale.data_pipeline.tokenizer import train_tokenizer
+from bertscale.finetune.readers import BUILTIN_DATASETS, read_examples
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ TINY_BERT = dict(
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """A pretrain step dir as pretrain.checkpoint writes it: random BertForPreTraining weights."""
+    """A pretrain step dir as bertscale.pretrain.checkpoint writes it: random BertForPreTraining weights."""
     import json
     import shutil
 
@@ -40,7 +40,7 @@ def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pretrain.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
+    from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
 
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer_path)).get_piece_size()
     config = BertConfig(vocab_size=vocab, **TINY_BERT)

@@ -39,7 +39,7 @@ def test_benchmark_runs_both_inits_into_one_mlflow_store(tiny_checkpoint, tmp_pa
             sys.executable,
             str(SCRIPT),
             "--config",
-            str(ROOT / "finetune" / "configs" / "sentiment.yaml"),
+            str(ROOT / "bertscale" / "finetune" / "configs" / "sentiment.yaml"),
             f"model.checkpoint={tiny_checkpoint}",
             "dataset.name=pang_lee",
             "train.max_steps=6",

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from bertscale.data_pipeline.schema import CLS_ID, PAD_ID, SEP_ID, UNK_ID
 from bertscale.errors import DataError
-from data_pipeline.schema import CLS_ID, PAD_ID, SEP_ID, UNK_ID
-from finetune.config import DatasetConfig
-from finetune.data import (
+from bertscale.finetune.config import DatasetConfig
+from bertscale.finetune.data import (
     IGNORE_INDEX,
     Features,
     align_word_labels,
@@ -24,7 +24,7 @@ from finetune.data import (
     train_batches,
     truncate_pair,
 )
-from finetune.readers import SentenceExample, TaggedExample
+from bertscale.finetune.readers import SentenceExample, TaggedExample
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "finetune"
 X = IGNORE_INDEX

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from finetune.data import Features, eval_batches
-from finetune.evaluate import classification_metrics, entity_metrics, evaluate
-from finetune.heads import BertForSequenceClassification, BertForTokenClassification
-from pretrain.model import BertConfig
+from bertscale.finetune.data import Features, eval_batches
+from bertscale.finetune.evaluate import classification_metrics, entity_metrics, evaluate
+from bertscale.finetune.heads import BertForSequenceClassification, BertForTokenClassification
+from bertscale.model import BertConfig
 
 TINY = BertConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32

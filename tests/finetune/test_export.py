@@ -1,4 +1,4 @@
-"""finetune.export: our checkpoints <-> transformers directories, outputs equal elementwise."""
+"""bertscale.finetune.export: our checkpoints <-> transformers directories, outputs equal elementwise."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import torch
 import transformers
 
 from bertscale.errors import CheckpointError, ConfigError
-from finetune.export import (
+from bertscale.finetune.export import (
     export_to_hf,
     load_hf_model,
     main,
     read_hf_checkpoint,
     save_pretrained_dir,
 )
-from pretrain.checkpoint import load_pretrained
-from pretrain.model import IGNORE_INDEX, TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
+from bertscale.model import IGNORE_INDEX, TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
+from bertscale.pretrain.checkpoint import load_pretrained
 
 TINY = dict(
     vocab_size=120,
@@ -238,7 +238,7 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
         [
             sys.executable,
             "-m",
-            "finetune.export",
+            "bertscale.finetune.export",
             "--from-hf",
             str(tmp_path / "missing"),
             str(tmp_path / "out"),

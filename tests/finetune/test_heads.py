@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.heads import BertForSequenceClassification, BertForTokenClassification
-from pretrain.model import BertConfig
+from bertscale.finetune.heads import BertForSequenceClassification, BertForTokenClassification
+from bertscale.model import BertConfig
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bertscale.errors import DataError
-from finetune.readers import (
+from bertscale.finetune.readers import (
     BUILTIN_DATASETS,
     SentenceExample,
     TaggedExample,

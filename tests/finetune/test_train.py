@@ -1,4 +1,4 @@
-"""End to end: ``python -m finetune`` on tiny checkpoints: MLflow run, PNG curves, saved model, ZeRO input."""
+"""End to end: ``python -m bertscale.finetune`` on tiny checkpoints: MLflow run, PNG curves, saved model, ZeRO input."""
 
 import json
 import os
@@ -13,15 +13,15 @@ import torch
 
 from bertscale.config import load_config
 from bertscale.errors import CheckpointError, ConfigError, run_cli
-from finetune.__main__ import main as cli_main
-from finetune.checkpoint import init_encoder, load_base, load_finetuned
-from finetune.config import FinetuneConfig, ModelConfig
-from finetune.data import eval_batches, load_task_data, load_tokenizer
-from finetune.evaluate import evaluate
-from finetune.heads import BertForTokenClassification
+from bertscale.finetune.__main__ import main as cli_main
+from bertscale.finetune.checkpoint import init_encoder, load_base, load_finetuned
+from bertscale.finetune.config import FinetuneConfig, ModelConfig
+from bertscale.finetune.data import eval_batches, load_task_data, load_tokenizer
+from bertscale.finetune.evaluate import evaluate
+from bertscale.finetune.heads import BertForTokenClassification
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "finetune" / "configs"
+CONFIGS = ROOT / "bertscale" / "finetune" / "configs"
 
 
 def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -45,7 +45,7 @@ def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_
     run_dir = tiny_checkpoint.parent.parent  # a pretrain run dir: follows checkpoints/latest
     proc = _run(
         [
-            "finetune",
+            "bertscale.finetune",
             "--config",
             str(CONFIGS / "sentiment.yaml"),
             f"model.checkpoint={run_dir}",
@@ -96,10 +96,11 @@ ZERO_CHECKPOINT = textwrap.dedent(
     import json, shutil, sys
     from pathlib import Path
     import torch
-    from pretrain.checkpoint import save_checkpoint
-    from pretrain.config import EngineConfig, OptimizerConfig, PretrainConfig, ScheduleConfig
-    from pretrain.engine import create_engine, init_distributed
-    from pretrain.model import BertConfig, BertForPreTraining
+    from bertscale.pretrain.checkpoint import save_checkpoint
+    from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
+from bertscale.pretrain.config import PretrainConfig
+    from bertscale.runtime.engine import create_engine, init_distributed
+    from bertscale.model import BertConfig, BertForPreTraining
 
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     init_distributed()
@@ -155,7 +156,7 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
 @pytest.mark.slow  # ~50 s idle, minutes on a busy 2-core machine
 @pytest.mark.distributed
 def test_two_rank_token_classification_from_zero_checkpoint(zero_checkpoint, tmp_path):
-    """``deepspeed --num_accelerators 2 --module finetune``: 2 CPU ranks, ZeRO-2, from a ZeRO dir."""
+    """``deepspeed --num_accelerators 2 --module bertscale.finetune``: 2 CPU ranks, ZeRO-2, from a ZeRO dir."""
     out = tmp_path / "ner"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,7 +170,7 @@ def test_two_rank_token_classification_from_zero_checkpoint(zero_checkpoint, tmp
     ]
     args = [
         "--module",
-        "finetune",
+        "bertscale.finetune",
         "--config",
         str(CONFIGS / "ner.yaml"),
         f"model.checkpoint={zero_checkpoint / 'checkpoints' / 'step_00000010' / 'deepspeed'}",
@@ -222,4 +223,4 @@ def test_config_rules():
     assert cfg.task == "token_classification" and cfg.dataset.name == "optimus_ner"
     assert cfg.optimizer.lr == pytest.approx(5e-4) and cfg.mlflow.experiment == "bertscale-finetune"
     with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor a DeepSpeed checkpoint"):
-        load_base(ModelConfig(checkpoint=str(ROOT / "finetune" / "configs")))
+        load_base(ModelConfig(checkpoint=str(ROOT / "bertscale" / "finetune" / "configs")))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bertscale.errors import ConfigError
-from infra.hostfile import expand_nodelist, hosts_from_env, read_hostfile, render_hostfile
+from bertscale.infra.hostfile import expand_nodelist, hosts_from_env, read_hostfile, render_hostfile
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_cli_writes_hostfile_from_slurm_env(tmp_path):
     out = tmp_path / "sub" / "hostfile"
     env = {"SLURM_JOB_NODELIST": "node[01-02]", "PATH": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "infra.hostfile", "--slots", "2", "-o", str(out)],
+        [sys.executable, "-m", "bertscale.infra.hostfile", "--slots", "2", "-o", str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -99,7 +99,7 @@ def test_cli_writes_hostfile_from_slurm_env(tmp_path):
     assert read_hostfile(out) == [("node01", 2), ("node02", 2)]
 
     bad = subprocess.run(
-        [sys.executable, "-m", "infra.hostfile", "--nodelist", "n[1-", "--slots", "2"],
+        [sys.executable, "-m", "bertscale.infra.hostfile", "--nodelist", "n[1-", "--slots", "2"],
         capture_output=True,
         text=True,
         check=False,

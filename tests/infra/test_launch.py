@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from bertscale.errors import ConfigError
-from infra.hostfile import read_hostfile
-from infra.launch import deepspeed_command, node_rank_from_env
-from infra.ray_submit import free_port
+from bertscale.infra.hostfile import read_hostfile
+from bertscale.infra.launch import deepspeed_command, node_rank_from_env
+from bertscale.infra.ray_submit import free_port
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
 def test_ssh_and_no_ssh_commands():
-    program = ["--module", "pretrain", "--config", "c.yaml", "max_steps=5"]
+    program = ["--module", "bertscale.pretrain", "--config", "c.yaml", "max_steps=5"]
     ssh = deepspeed_command("hf", 2, program, master_addr="node01")
     assert ssh == [
         "deepspeed", "--hostfile", "hf", "--num_nodes", "2",
@@ -61,14 +61,14 @@ def test_cli_dry_run_from_slurm_env(tmp_path):
     hostfile = tmp_path / "hostfile"
     env = {**os.environ, "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "4"}
     run = subprocess.run(
-        [sys.executable, "-m", "infra.launch", "--no_ssh", "--write_hostfile", str(hostfile), "--dry_run",
-         "--", "--module", "pretrain", "--config", "c.yaml"],
+        [sys.executable, "-m", "bertscale.infra.launch", "--no_ssh", "--write_hostfile", str(hostfile), "--dry_run",
+         "--", "--module", "bertscale.pretrain", "--config", "c.yaml"],
         env=env, capture_output=True, text=True, check=True, cwd=REPO,
     )  # fmt: skip
     cmd = run.stdout.split()
     assert cmd[cmd.index("--node_rank") + 1] == "1"
     assert cmd[cmd.index("--master_addr") + 1] == "gpu07"  # node 0 of the allocation
-    assert cmd[-4:] == ["--module", "pretrain", "--config", "c.yaml"]
+    assert cmd[-4:] == ["--module", "bertscale.pretrain", "--config", "c.yaml"]
     assert read_hostfile(hostfile) == [("gpu07", 4), ("gpu08", 4)]
 
 
@@ -76,7 +76,7 @@ def test_cli_reports_bad_hostfile(tmp_path):
     bad = tmp_path / "hostfile"
     bad.write_text("node01 slots=two\n")
     run = subprocess.run(
-        [sys.executable, "-m", "infra.launch", "--hostfile", str(bad), "--", "x.py"],
+        [sys.executable, "-m", "bertscale.infra.launch", "--hostfile", str(bad), "--", "x.py"],
         capture_output=True, text=True, check=False, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 2
@@ -84,13 +84,13 @@ def test_cli_reports_bad_hostfile(tmp_path):
 
 
 def launch_two_nodes(tmp_path: Path, program: list[str], timeout: float = 120) -> list[str]:
-    """Start node ranks 0 and 1 (one rank each) via infra.launch --no_ssh on 127.0.0.1; their logs."""
+    """Start node ranks 0 and 1 (one rank each) via bertscale.infra.launch --no_ssh on 127.0.0.1; their logs."""
     port = free_port()
     procs = []
     try:
         for node_rank in (0, 1):
             cmd = [
-                sys.executable, "-m", "infra.launch", "--hosts", "node0", "node1", "--slots", "1",
+                sys.executable, "-m", "bertscale.infra.launch", "--hosts", "node0", "node1", "--slots", "1",
                 "--write_hostfile", str(tmp_path / "hostfile"), "--no_ssh", "--node_rank", str(node_rank),
                 "--master_addr", "127.0.0.1", "--master_port", str(port), "--num_accelerators", "1",
                 "--", *program,
@@ -150,15 +150,15 @@ def test_pretrain_two_nodes_logging_to_mlflow_server(tmp_path, tiny_shards):
     """The cluster recipe on loopback: an MLflow server + `--no_ssh` pretraining on two "nodes"."""
     from mlflow.tracking import MlflowClient
 
-    from infra.mlflow_server import MlflowServerConfig, running_server, sqlite_uri
+    from bertscale.infra.mlflow_server import MlflowServerConfig, running_server, sqlite_uri
 
-    config = tmp_path / "pretrain.yaml"
+    config = tmp_path / "bertscale.pretrain.yaml"
     config.write_text(PRETRAIN_CONFIG)
     server = MlflowServerConfig(
         sqlite_uri(tmp_path / "mlflow.db"), str(tmp_path / "artifacts"), port=free_port()
     )
     with running_server(server, log_path=tmp_path / "mlflow.log", timeout=150):
-        program = ["--module", "pretrain", "--config", str(config), f"data.shards={tiny_shards}",
+        program = ["--module", "bertscale.pretrain", "--config", str(config), f"data.shards={tiny_shards}",
                    f"output_dir={tmp_path / 'run'}", f"mlflow.tracking_uri={server.url}"]  # fmt: skip
         launch_two_nodes(tmp_path, program, timeout=400)
         client = MlflowClient(tracking_uri=server.url)

@@ -1,4 +1,4 @@
-"""A real MLflow server (SQLite + local artifact store) started by infra.mlflow_server."""
+"""A real MLflow server (SQLite + local artifact store) started by bertscale.infra.mlflow_server."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bertscale.errors import ConfigError
-from infra.mlflow_server import (
+from bertscale.infra.mlflow_server import (
     MlflowServerConfig,
     backend_from_args,
     redact_uri,
@@ -20,7 +20,7 @@ from infra.mlflow_server import (
     server_command,
     sqlite_uri,
 )
-from infra.ray_submit import free_port
+from bertscale.infra.ray_submit import free_port
 
 REPO = Path(__file__).parents[2]
 
@@ -50,7 +50,7 @@ def test_backend_uri_from_env_stays_out_of_argv(tmp_path):
 
 def test_cli_reports_missing_secret_env():
     run = subprocess.run(
-        [sys.executable, "-m", "infra.mlflow_server", "--backend-uri-env", "BERTSCALE_NO_SUCH_VAR"],
+        [sys.executable, "-m", "bertscale.infra.mlflow_server", "--backend-uri-env", "BERTSCALE_NO_SUCH_VAR"],
         capture_output=True, text=True, check=False, cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "BERTSCALE_NO_SUCH_VAR"},
     )  # fmt: skip

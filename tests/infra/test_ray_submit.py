@@ -1,4 +1,4 @@
-"""`ray job submit` through infra.ray_submit against a real, private Ray head on 127.0.0.1."""
+"""`ray job submit` through bertscale.infra.ray_submit against a real, private Ray head on 127.0.0.1."""
 
 import json
 import os
@@ -11,17 +11,19 @@ import pytest
 
 from bertscale.config import save_config
 from bertscale.errors import ConfigError
-from infra.ray_submit import local_head, submit, submit_command
+from bertscale.infra.ray_submit import local_head, submit, submit_command
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
 def test_submit_command():
-    cmd = submit_command("http://127.0.0.1:8265", ["python", "-m", "data_pipeline"], "id1", HERE, 1.0)
+    cmd = submit_command(
+        "http://127.0.0.1:8265", ["python", "-m", "bertscale.data_pipeline"], "id1", HERE, 1.0
+    )
     assert cmd[1:] == [
         "job", "submit", "--address", "http://127.0.0.1:8265", "--submission-id", "id1",
-        "--working-dir", str(HERE), "--entrypoint-num-cpus", "1.0", "--", "python", "-m", "data_pipeline",
+        "--working-dir", str(HERE), "--entrypoint-num-cpus", "1.0", "--", "python", "-m", "bertscale.data_pipeline",
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="no entrypoint"):
         submit_command("http://x", [], "id1")
@@ -32,7 +34,7 @@ def test_submit_command():
 def test_cli_needs_a_cluster():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = subprocess.run(
-        [sys.executable, "-m", "infra.ray_submit", "--", "python", "-c", "pass"],
+        [sys.executable, "-m", "bertscale.infra.ray_submit", "--", "python", "-c", "pass"],
         env=env, cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert run.returncode == 2
@@ -81,7 +83,10 @@ def test_data_pipeline_as_ray_job(tmp_path, tiny_config):
     save_config(tiny_config(tmp_path / "shards"), config)
     with local_head(num_cpus=2) as head:
         _, status = submit(
-            head.address, ["python", "-m", "data_pipeline", "--config", str(config)], REPO, timeout=300
+            head.address,
+            ["python", "-m", "bertscale.data_pipeline", "--config", str(config)],
+            REPO,
+            timeout=300,
         )
     assert status == "SUCCEEDED"
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())

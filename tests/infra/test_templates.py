@@ -22,29 +22,37 @@ def test_shell_scripts_parse(script):
 
 
 def _launch_line(script: Path) -> str:
-    """The `python -m infra.launch ...` command of a batch script, continuation lines joined."""
+    """The `python -m bertscale.infra.launch ...` command of a batch script, continuation lines joined."""
     text = script.read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if "python -m infra.launch" in ln]
-    return line[line.index("python -m infra.launch") :]
+    (line,) = [ln for ln in text.splitlines() if "python -m bertscale.infra.launch" in ln]
+    return line[line.index("python -m bertscale.infra.launch") :]
 
 
 def test_slurm_pretrain_runs_our_launcher(tmp_path):
     """The sbatch's launch line, on node 1 of a 2-node allocation, yields the right deepspeed command."""
-    line = _launch_line(INFRA / "slurm" / "pretrain.sbatch").replace("python", shlex.quote(sys.executable), 1)
+    line = _launch_line(INFRA / "slurm" / "bertscale.pretrain.sbatch").replace(
+        "python", shlex.quote(sys.executable), 1
+    )
     env = {
         **os.environ,
         "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "8",
         "SLURM_JOB_ID": "42", "MASTER_ADDR": "gpu07", "MASTER_PORT": "20042",
     }  # fmt: skip
     line = line.replace(" -- --module", " --dry_run -- --module")
-    script = f"set -- pretrain/configs/tiny.yaml max_steps=5; CONFIG=$1; shift; {line}"
+    script = f"set -- bertscale/pretrain/configs/tiny.yaml max_steps=5; CONFIG=$1; shift; {line}"
     run = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     cmd = run.stdout.strip().splitlines()[-1].split()
     assert cmd[cmd.index("--no_ssh") + 1 : cmd.index("--no_ssh") + 3] == ["--node_rank", "1"]
     assert cmd[cmd.index("--master_addr") + 1 :][:3] == ["gpu07", "--master_port", "20042"]
     assert cmd[cmd.index("--num_nodes") + 1] == "2"
-    assert cmd[-5:] == ["--module", "pretrain", "--config", "pretrain/configs/tiny.yaml", "max_steps=5"]
+    assert cmd[-5:] == [
+        "--module",
+        "bertscale.pretrain",
+        "--config",
+        "bertscale/pretrain/configs/tiny.yaml",
+        "max_steps=5",
+    ]
     assert (tmp_path / "runs/slurm/hostfile.42").read_text() == "gpu07 slots=8\ngpu08 slots=8\n"
 
 
@@ -64,7 +72,7 @@ def test_k8s_pretrain_job_runs_our_launcher(tmp_path):
     assert pod["subdomain"] == service["metadata"]["name"]
     (container,) = pod["containers"]
     command = container["command"]
-    assert command[:3] == ["python", "-m", "infra.launch"]
+    assert command[:3] == ["python", "-m", "bertscale.infra.launch"]
     config = command[command.index("--config") + 1]
     assert (REPO / config).is_file()
     nodes = job["spec"]["completions"]

@@ -1,4 +1,4 @@
-"""Test-only shard writer: small synthetic WebDataset shards that follow data_pipeline.schema."""
+"""Test-only shard writer: small synthetic WebDataset shards that follow bertscale.data_pipeline.schema."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.schema import (
+from bertscale.data_pipeline.schema import (
     CLS_ID,
     MANIFEST_NAME,
     MASK_ID,

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from bertscale.errors import CheckpointError
-from pretrain.checkpoint import find_resume, load_pretrained
-from pretrain.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
+from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
+from bertscale.pretrain.checkpoint import find_resume, load_pretrained
 
 
 def write_step_dir(root: Path, step: int = 5) -> tuple[Path, BertForPreTraining]:

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from bertscale.errors import ConfigError, run_cli
-from pretrain.__main__ import main
-from pretrain.config import EngineConfig, PretrainConfig, load_pretrain_config
-from pretrain.engine import build_ds_config
+from bertscale.pretrain.__main__ import main
+from bertscale.pretrain.config import PretrainConfig, load_pretrain_config
+from bertscale.runtime.config import EngineConfig
+from bertscale.runtime.engine import build_ds_config
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "pretrain" / "configs"
+CONFIGS = REPO / "bertscale" / "pretrain" / "configs"
 
 
 @pytest.mark.parametrize("name", ["tiny", *(f"bert_{s}_phase{p}" for s in ("base", "large") for p in (1, 2))])
@@ -81,7 +82,7 @@ def test_unknown_key_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("engine:\n  zero_stag: 2\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain", "--config", str(bad)],
+        [sys.executable, "-m", "bertscale.pretrain", "--config", str(bad)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -122,9 +123,9 @@ def test_too_small_vocab_is_refused(capsys, synthetic_shards, tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="GPUs support fp16")
 def test_fp16_on_cpu_is_a_config_error():
-    from pretrain.config import OptimizerConfig, ScheduleConfig
-    from pretrain.engine import create_engine
-    from pretrain.model import BertConfig, BertForPreTraining
+    from bertscale.model import BertConfig, BertForPreTraining
+    from bertscale.runtime.config import OptimizerConfig, ScheduleConfig
+    from bertscale.runtime.engine import create_engine
 
     model = BertForPreTraining(
         BertConfig(

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-import data_pipeline.schema as schema
+import bertscale.data_pipeline.schema as schema
+from bertscale.data_pipeline.schema import (
+    CLS_ID,
+    MASK_ID,
+    NUM_SPECIAL_TOKENS,
+    SEP_ID,
+    load_manifest,
+    read_shard,
+)
 from bertscale.errors import DataError
-from data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID, load_manifest, read_shard
-from pretrain.data import (
+from bertscale.pretrain.data import (
     IGNORE_INDEX,
     PretrainBatches,
     StreamState,

@@ -1,4 +1,4 @@
-"""pretrain.model against transformers' BERT: same keys, same numbers, same gradients.
+"""bertscale.model against transformers' BERT: same keys, same numbers, same gradients.
 
 Parity runs in float64 so that "equal" can mean 1e-10, not "close in float32"; one float32 test
 checks the HuggingFace default (sdpa) attention that benchmarks/train.py compares against.
@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bertscale.errors import ConfigError
-from pretrain.model import (
+from bertscale.model import (
     IGNORE_INDEX,
     TIED_WEIGHTS,
     BertConfig,

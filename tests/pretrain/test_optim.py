@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from pretrain.config import OptimizerConfig, ScheduleConfig
-from pretrain.model import BertConfig, BertForPreTraining
-from pretrain.optim import Lamb, build_optimizer, build_scheduler, lr_lambda, param_groups
+from bertscale.model import BertConfig, BertForPreTraining
+from bertscale.runtime.config import OptimizerConfig, ScheduleConfig
+from bertscale.runtime.optim import Lamb, build_optimizer, build_scheduler, lr_lambda, param_groups
 
 
 def tiny_model() -> BertForPreTraining:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.checkpoint import load_pretrained
-from pretrain.model import BertForPreTraining
+from bertscale.model import BertForPreTraining
+from bertscale.pretrain.checkpoint import load_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -62,16 +62,16 @@ def _free_port() -> int:
 
 
 def pretrain(shards: Path, output_dir: Path, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    """``deepspeed --num_accelerators 2 --module pretrain`` (or plain ``python -m pretrain`` for 1 rank)."""
+    """``deepspeed --num_accelerators 2 --module bertscale.pretrain`` (or plain ``python -m bertscale.pretrain`` for 1 rank)."""
     config = output_dir.parent / f"{output_dir.name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(TEST_CONFIG)
     args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
     if ranks == 1:
-        cmd = [sys.executable, "-m", "pretrain", *args]
+        cmd = [sys.executable, "-m", "bertscale.pretrain", *args]
     else:
         launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
-        cmd = [*launcher, "--module", "pretrain", *args]
+        cmd = [*launcher, "--module", "bertscale.pretrain", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

@@ -1,0 +1,75 @@
+"""PipelineConfig: one typed dataclass tree for ``python -m bertscale.data_pipeline --config X key=value``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class InputsConfig:
+    # Paths or globs; ``pkg://gensim/test/test_data/x.bz2`` resolves inside an installed package.
+    wiki: list[str] = field(default_factory=list)  # pages-articles dumps, .xml or .xml.bz2
+    books: list[str] = field(default_factory=list)  # UTF-8 .txt files, one book per file
+    max_documents: int | None = None  # cap (in input order) to keep demo runs small
+    min_sentence_chars: int = 8  # shorter fragments (stray markup, headings) are dropped
+
+
+@dataclass
+class TokenizerConfig:
+    model_path: str | None = None  # reuse this SentencePiece model instead of training one
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = 0.9995
+    input_sentence_size: int = 1_000_000  # sentences sampled (seeded) for training
+
+
+@dataclass
+class PairsConfig:
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 5  # static mask draws per pair (rows of masked_positions)
+    masked_lm_prob: float = 0.15
+    max_predictions_per_seq: int = 20
+    whole_word_masking: bool = False
+    random_doc_pool: int = 100_000  # documents eligible as the source of a random B (seeded sample)
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.dupe_factor < 1 or self.max_predictions_per_seq < 1:
+            raise ValueError("dupe_factor and max_predictions_per_seq must be >= 1")
+
+
+@dataclass
+class SplitConfig:
+    validation_fraction: float = 0.05  # of documents (a document never straddles splits)
+    samples_per_shard: int = 1000
+    remainder: Literal["drop", "pad"] = "drop"  # the last partial shard: dropped, or padded by repeats
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+
+
+@dataclass
+class PipelineConfig:
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    output_dir: str = "data/demo"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    num_workers: int = 2  # Ray tasks in flight per stage; results never depend on it
+    seed: int = 12345
+    on_bad_input: Literal["skip", "fail"] = "skip"
+    progress: bool = True  # tqdm bars on stderr
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")

@@ -1,0 +1,100 @@
+"""FinetuneConfig: one typed tree for a fine-tuning job (defaults < YAML < key=value overrides).
+
+The optimizer, schedule, engine and MLflow sections are the pretrain ones, so a fine-tuning run is
+driven by the same DeepSpeed engine and tracker as pretraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bertscale.finetune.readers import BUILTIN_DATASETS, FORMATS
+from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig, ScheduleConfig
+
+
+@dataclass
+class ModelConfig:
+    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.pretrain.checkpoint.load_pretrained).
+    checkpoint: str | None = None
+    # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
+    # weights (the baseline that shows what pretraining buys).
+    init: Literal["pretrained", "random"] = "pretrained"
+    # SentencePiece model; defaults to the checkpoint's tokenizer.model.
+    tokenizer: str | None = None
+    # BertConfig fields: the architecture when there is no checkpoint, else overrides (e.g. dropout).
+    config: dict[str, Any] = field(default_factory=dict)
+    classifier_dropout: float | None = None  # None: hidden_dropout_prob, as in HuggingFace
+
+
+@dataclass
+class DatasetConfig:
+    name: str | None = None  # a built-in dataset: rotten_tomatoes | pang_lee | optimus_ner
+    path: str | None = None  # or your own file (the whole dataset, split by the fractions below)
+    format: str | None = None  # csv | tsv | jsonl | fasttext | conll; inferred from the file name if unset
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    text_pair_column: str | None = None  # set for sentence-pair tasks
+    label_column: str = "label"
+    labels: list[str] | None = None  # the label set, in id order; rows with other labels are skipped
+    validation_path: str | None = None  # a fixed held-out file instead of validation_fraction
+    test_path: str | None = None  # a fixed test file instead of test_fraction
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_examples: int | None = None  # a deterministic random subset, for quick runs
+    on_error: Literal["skip", "fail"] = "skip"  # malformed rows: skip and count, or stop
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("set exactly one of dataset.name (built-in) or dataset.path")
+        if self.name is not None and self.name not in BUILTIN_DATASETS:
+            raise ValueError(f"dataset.name '{self.name}' is not one of {sorted(BUILTIN_DATASETS)}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"dataset.format '{self.format}' is not one of {FORMATS}")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"dataset.{name} must be in [0, 1)")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("dataset.validation_fraction + test_fraction must leave training data")
+        if self.max_examples is not None and self.max_examples < 2:
+            raise ValueError("dataset.max_examples must be at least 2")
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 16
+    epochs: float = 3.0  # passes over the training split; max_steps wins when set
+    max_steps: int | None = None
+    eval_every: int = 50  # optimizer steps between evaluations on the validation split
+    log_every: int = 10
+    max_eval_examples: int | None = (
+        None  # cap validation examples evaluated mid-run (the final eval uses all)
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(name="pang_lee"))
+    max_seq_length: int = 128
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="bertscale-finetune"))
+    seed: int = 0
+    output_dir: str = "runs/finetune"
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 8:
+            raise ValueError("max_seq_length must be at least 8")
+        if self.model.checkpoint is None and self.model.init == "pretrained":
+            raise ValueError("model.checkpoint is required unless model.init=random")
+        if self.model.checkpoint is None and self.model.tokenizer is None:
+            raise ValueError("model.tokenizer is required when there is no model.checkpoint")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)

@@ -1,0 +1,280 @@
+"""Checkpoints to and from HuggingFace transformers' BERT format, key for key.
+
+    python -m bertscale.finetune.export --to-hf CKPT OUT      our pretrain checkpoint -> transformers directory
+    python -m bertscale.finetune.export --from-hf HFDIR OUT   transformers BERT directory -> our step dir
+
+A transformers directory holds ``config.json`` and ``model.safetensors``; it loads with
+``transformers.BertForPreTraining.from_pretrained(OUT)`` or ``BertModel.from_pretrained(OUT)``.
+CKPT is anything ``bertscale.pretrain.checkpoint.load_pretrained`` reads (run dir, step dir, ZeRO dir). Our
+step dir holds ``model.safetensors`` + ``bert_config.json`` and is itself such a CKPT, so it can
+seed pretraining (``checkpoint.init_from``) or fine-tuning (``model.checkpoint``). A SentencePiece
+``tokenizer.model`` found beside the source is copied along (transformers' own BERT tokenizers,
+WordPiece ``vocab.txt``, are not ours and are not converted).
+
+Public API:
+    export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path
+    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   BertForPreTraining keys (tied ones may lack)
+    check_state_dict(config, state_dict, source, cls) -> state_dict with tied keys, or CheckpointError
+    load_hf_model(hf_dir, cls=BertForPreTraining) -> our BertForPreTraining or BertModel, eval mode
+    save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our step-dir layout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bertscale.atomic import atomic_directory
+from bertscale.data_pipeline.schema import TOKENIZER_NAME
+from bertscale.errors import CheckpointError, run_cli
+from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
+
+HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
+OUR_CONFIG = "bert_config.json"  # beside model.safetensors in bertscale.pretrain.checkpoint's step dir
+BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
+StateDict = dict[str, torch.Tensor]
+
+
+# --- ours -> transformers --------------------------------------------------------------------
+
+
+def export_to_hf(
+    config: BertConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    out_dir: str | Path,
+    tokenizer: Path | None = None,
+    source: str = "checkpoint",
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` of a BertForPreTraining, atomically."""
+    state = check_state_dict(config, state_dict, source)
+    return _write_dir(out_dir, HF_CONFIG, config, state, tokenizer)
+
+
+def save_pretrained_dir(
+    config: BertConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    out_dir: str | Path,
+    tokenizer: Path | None = None,
+    source: str = "checkpoint",
+) -> Path:
+    """Write our step-dir layout (``bert_config.json`` + ``model.safetensors``), atomically.
+
+    ``state_dict`` has BertForPreTraining keys; without ``cls.*`` heads it is checked as an encoder.
+    """
+    state = dict(state_dict)
+    cls = BertForPreTraining if any(key.startswith("cls.") for key in state) else BertModel
+    check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
+    return _write_dir(out_dir, OUR_CONFIG, config, state, tokenizer)
+
+
+def _write_dir(
+    out_dir: str | Path, config_name: str, config: BertConfig, state: StateDict, tokenizer: Path | None
+) -> Path:
+    out = Path(out_dir)
+    # safetensors refuses tensors that share memory: tied copies are dropped, readers restore them
+    tensors = {
+        key: value.detach().cpu().contiguous() for key, value in state.items() if key not in TIED_WEIGHTS
+    }
+    with atomic_directory(out) as tmp:
+        save_file(tensors, tmp / HF_WEIGHTS, metadata={"format": "pt"})
+        (tmp / config_name).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_NAME)
+    return out
+
+
+# --- transformers -> ours --------------------------------------------------------------------
+
+
+def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
+    """Config and weights of a transformers BERT directory, as BertForPreTraining keys.
+
+    Accepts BertForPreTraining and BertModel checkpoints (the latter without ``bert.`` prefix and
+    without heads: the returned state then has only ``bert.*`` keys), in ``model.safetensors``,
+    a sharded safetensors index, or ``pytorch_model.bin`` (read with ``weights_only=True``).
+    """
+    root = Path(hf_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
+    config_path = root / HF_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{root}: no {HF_CONFIG}")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
+    return config, _normalise_keys(_read_weights(root))
+
+
+def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] = BertForPreTraining):
+    """Our ``cls`` (BertForPreTraining or BertModel) with the weights of a transformers directory."""
+    config, state = read_hf_checkpoint(hf_dir)
+    kwargs = _model_kwargs(cls, state)
+    state = check_state_dict(config, _keys_for(cls, state), str(hf_dir), cls, **kwargs)
+    model = cls(config, **kwargs)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _read_weights(root: Path) -> StateDict:
+    if (root / HF_WEIGHTS).is_file():
+        return _load_safetensors(root / HF_WEIGHTS)
+    if (root / HF_INDEX).is_file():
+        try:
+            weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
+        state: StateDict = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(_load_safetensors(root / shard))
+        return state
+    if (root / HF_BIN).is_file():
+        try:  # weights_only: a pickle from the internet must not run code
+            state = torch.load(root / HF_BIN, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise CheckpointError(
+                f"{root / HF_BIN}: not a loadable weights-only state dict ({err})"
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
+        return state
+    raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
+
+
+def _load_safetensors(path: Path) -> StateDict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from None
+
+
+def _normalise_keys(state: StateDict) -> StateDict:
+    """BertModel keys get the ``bert.`` prefix; TF-era LayerNorm ``gamma``/``beta`` become weight/bias."""
+    bare = not any(key.startswith(("bert.", "cls.")) for key in state)
+    out = {}
+    for key, value in state.items():
+        if key.endswith("LayerNorm.gamma"):
+            key = key.removesuffix("gamma") + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key.removesuffix("beta") + "bias"
+        if bare:
+            key = f"bert.{key}"
+        if key not in BUFFERS:
+            out[key] = value
+    return out
+
+
+# --- both ------------------------------------------------------------------------------------
+
+
+def check_state_dict(
+    config: BertConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    cls: type[BertForPreTraining | BertModel] = BertForPreTraining,
+    **kwargs: bool,
+) -> StateDict:
+    """The tensors of ``cls(config, **kwargs)`` in ``state_dict``, or a CheckpointError naming the problem."""
+    with torch.device("meta"):  # shapes only: no memory, no real init
+        expected = cls(config, **kwargs).state_dict()
+    state = dict(state_dict)
+    for key, source_key in TIED_WEIGHTS.items():
+        if key in expected and key not in state and source_key in state:
+            state[key] = state[source_key]
+    missing = [key for key in expected if key not in state]
+    if missing:
+        hint = (
+            " (a BertModel checkpoint has no pretraining heads: load it as BertModel)"
+            if all(key.startswith("cls.") for key in missing)
+            else ""
+        )
+        raise CheckpointError(
+            f"{source}: lacks {len(missing)} tensors of {cls.__name__}, e.g. {missing[:3]}{hint}"
+        )
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: {len(unexpected)} tensors {cls.__name__} does not have, e.g. {unexpected[:3]}"
+        )
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, the config gives {tuple(tensor.shape)}"
+            )
+    return state
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertscale.finetune.export", description=__doc__.split("\n\n")[0]
+    )
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
+        "--to-hf", metavar="CKPT", type=Path, help="our checkpoint (run, step or ZeRO dir)"
+    )
+    direction.add_argument("--from-hf", metavar="HFDIR", type=Path, help="a transformers BERT directory")
+    parser.add_argument("out", type=Path, help="directory to write (replaced atomically if it exists)")
+    args = parser.parse_args(argv)
+
+    if args.to_hf is not None:
+        from bertscale.pretrain.checkpoint import (
+            load_pretrained,  # imports deepspeed: only for this direction
+        )
+
+        source = args.to_hf
+        config, state = load_pretrained(source)
+        out = export_to_hf(config, state, args.out, _tokenizer_beside(source), str(source))
+        kind = "transformers BertForPreTraining"
+    else:
+        source = args.from_hf
+        config, state = read_hf_checkpoint(source)
+        tokenizer = source / TOKENIZER_NAME  # only the directory itself: a parent's would be unrelated
+        out = save_pretrained_dir(
+            config, state, args.out, tokenizer if tokenizer.is_file() else None, str(source)
+        )
+        heads = "with" if any(key.startswith("cls.") for key in state) else "WITHOUT"
+        kind = f"bertscale checkpoint {heads} pretraining heads"
+    params = sum(value.numel() for key, value in state.items() if key not in TIED_WEIGHTS)
+    print(f"{source} -> {out}: {kind}, {params:,} parameters")
+
+
+def _keys_for(cls: type[BertForPreTraining | BertModel], state: StateDict) -> StateDict:
+    """BertForPreTraining keys as they are; BertModel keys without the ``bert.`` prefix and heads."""
+    if cls is BertForPreTraining:
+        return state
+    return {key.removeprefix("bert."): value for key, value in state.items() if key.startswith("bert.")}
+
+
+def _model_kwargs(cls: type[BertForPreTraining | BertModel], state: StateDict) -> dict[str, bool]:
+    # encoders saved by transformers' token-level heads (BertForMaskedLM, ...) have no pooler
+    return {"add_pooling_layer": "bert.pooler.dense.weight" in state} if cls is BertModel else {}
+
+
+def _tokenizer_beside(source: Path) -> Path | None:
+    from bertscale.finetune.checkpoint import find_tokenizer  # where fine-tuning looks, too
+
+    try:
+        return find_tokenizer(source)
+    except CheckpointError:  # a transformers directory has none of ours: nothing to copy
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,145 @@
+"""Fine-tuning job: checkpoint + task data -> head -> the shared DeepSpeed loop -> metrics, curves, model.
+
+``main(cfg)`` runs on every rank (``python -m bertscale.finetune`` or ``deepspeed --module bertscale.finetune``). All
+parameters train. Every rank evaluates the whole held-out split (identical numbers; ZeRO-3 needs
+every rank in the forward anyway); rank 0 tracks, plots and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import torch
+
+from bertscale.atomic import atomic_write_text
+from bertscale.config import save_config, to_dict
+from bertscale.errors import CheckpointError, ConfigError, DataError
+from bertscale.finetune.checkpoint import head_info, init_encoder, load_base, save_finetuned
+from bertscale.finetune.config import FinetuneConfig
+from bertscale.finetune.data import Features, eval_batches, load_task_data, load_tokenizer, train_batches
+from bertscale.finetune.evaluate import evaluate
+from bertscale.finetune.heads import HEADS
+from bertscale.finetune.plot import plot_curves, read_curves
+from bertscale.runtime.engine import create_engine, init_distributed
+from bertscale.runtime.loop import TrainState, run_training
+from bertscale.runtime.tracking import Tracker
+
+log = logging.getLogger("bertscale")
+
+PRIMARY_METRIC = {"sequence_classification": "accuracy", "token_classification": "f1"}
+
+
+def main(cfg: FinetuneConfig) -> dict[str, float]:
+    """Fine-tune; return the final held-out metrics (``eval_*`` on validation, ``test_*`` on test)."""
+    rank = int(os.environ.get("RANK", "0"))  # the launcher's; init_distributed comes after input checks
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(message)s",
+    )
+    output_dir = cfg.output_path
+    base = load_base(cfg.model)
+    tokenizer = load_tokenizer(base.tokenizer)
+    if tokenizer.get_piece_size() > base.config.vocab_size:
+        raise CheckpointError(
+            f"{base.tokenizer}: {tokenizer.get_piece_size()} pieces, but the model's vocab_size is "
+            f"{base.config.vocab_size}"
+        )
+    if cfg.max_seq_length > base.config.max_position_embeddings:
+        raise ConfigError(
+            f"max_seq_length {cfg.max_seq_length} > the model's max_position_embeddings "
+            f"{base.config.max_position_embeddings}"
+        )
+    data = load_task_data(cfg.dataset, tokenizer, cfg.max_seq_length, cfg.seed)
+    log.info("data: %s; labels %s", data.counts, data.labels)
+    for reason in data.skipped[:5]:
+        log.warning("skipped %s", reason)
+
+    dist = init_distributed()
+    torch.manual_seed(cfg.seed)  # identical head (and, for init=random, encoder) on every rank
+    model = HEADS[cfg.task](base.config, len(data.labels), cfg.model.classifier_dropout)
+    if base.weights is not None:
+        init_encoder(model, base.weights, base.source)
+        base.weights = None  # the checkpoint's copy (with its MLM head) is no longer needed
+    train = data.splits["train"]
+    global_batch = cfg.train.micro_batch_size * dist.world_size * cfg.engine.gradient_accumulation_steps
+    if len(train) < global_batch:
+        raise DataError(f"{len(train)} training examples cannot fill one global batch of {global_batch}")
+    max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * len(train) / global_batch))
+    engine = create_engine(
+        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.train.micro_batch_size, max_steps
+    )
+    torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
+
+    def held_out(features: list[Features], prefix: str) -> dict[str, float]:
+        metrics = evaluate(engine.module, eval_batches(features, cfg.train.micro_batch_size), data.labels)
+        return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+    validation = data.splits["validation"]
+    periodic = validation[: cfg.train.max_eval_examples]
+    if dist.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.jsonl").unlink(missing_ok=True)  # the curves are this run's only
+        save_config(cfg, output_dir / "config.yaml")
+    tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
+    tracker.log_params(
+        {
+            **to_dict(cfg),
+            "base": base.source,
+            "labels": ",".join(data.labels),
+            "max_steps_resolved": max_steps,
+            "world_size": dist.world_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "data": data.counts,
+        }
+    )
+
+    status, final = "FAILED", {}
+    try:
+        if periodic:
+            tracker.log_metrics(0, held_out(periodic, "eval"))  # where the curve starts
+        state = run_training(
+            engine,
+            train_batches(train, cfg.train.micro_batch_size, cfg.seed, dist.rank, dist.world_size),
+            state=TrainState(),
+            max_steps=max_steps,
+            tracker=tracker,
+            evaluate=(lambda: held_out(periodic, "eval")) if periodic else None,
+            eval_every=cfg.train.eval_every,
+            log_every=cfg.train.log_every,
+        )
+        for name, prefix in (("validation", "eval"), ("test", "test")):
+            if data.splits[name]:
+                final |= held_out(data.splits[name], prefix)
+        # the last periodic eval may have been this very one: log each eval_* once per step
+        every = cfg.train.eval_every
+        repeat = bool(every) and state.step % every == 0 and len(periodic) == len(validation)
+        tracker.log_metrics(state.step, {k: v for k, v in final.items() if not (repeat and k[:5] == "eval_")})
+        _save(engine, cfg, base, data.labels, dist.rank)
+        if dist.rank == 0:
+            atomic_write_text(output_dir / "results.json", json.dumps(final, indent=2) + "\n")
+            metric = PRIMARY_METRIC[cfg.task]
+            title = f"{cfg.task} on {cfg.dataset.name or cfg.dataset.path} from {base.source}"
+            plot_curves(read_curves(output_dir / "metrics.jsonl"), metric, output_dir / "curves.png", title)
+            for artifact in ("curves.png", "results.json", "config.yaml", "metrics.jsonl", "model/head.json"):
+                tracker.log_artifact(output_dir / artifact)
+            log.info("final: %s", "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    return final
+
+
+def _save(engine, cfg: FinetuneConfig, base, labels: list[str], rank: int) -> None:
+    """Collective under ZeRO-3 (parameters are gathered); rank 0 writes ``{output_dir}/model``."""
+    # ZeRO 0-2 keep whole parameters on every rank; ZeRO-3 gathers them.
+    state = (
+        engine._zero3_consolidated_16bit_state_dict()
+        if engine.zero_optimization_stage() == 3
+        else engine.module.state_dict()
+    )
+    if rank == 0:
+        head = head_info(cfg.task, labels, cfg.model.classifier_dropout)
+        save_finetuned(cfg.output_path / "model", state, base.config, head, base.tokenizer, cfg)

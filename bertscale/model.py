@@ -1,0 +1,529 @@
+"""BERT (Devlin et al. 2018) for pretraining, with HuggingFace's names and state_dict keys.
+
+Read top to bottom: config, embeddings, self-attention, layer, encoder, pooler, heads, models.
+Shapes: B batch, T sequence length, H hidden size, N real (non-pad) tokens in the batch,
+M masked positions, V vocabulary, nh heads, hd head size.
+
+Three things make training fast without changing a single state_dict key:
+- unpadding: when a batch has padding, every position-wise op (embeddings, LayerNorms, dense
+  layers, FFN) runs on the N real tokens only, as an (N, H) matrix; tokens are scattered back to
+  (B, T) only around attention, which runs as ``scaled_dot_product_attention`` with a padding mask;
+- the MLM head (H x V decoder, the largest matmul of a small BERT) runs only at masked positions;
+- query/key/value run as one matmul on weights concatenated at forward time.
+``config.unpad=False`` keeps the plain padded path; the tests assert both give the same outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bertscale.errors import ConfigError
+
+IGNORE_INDEX = -100  # HuggingFace / PyTorch convention: label of positions that are not masked
+
+ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # exact erf GELU, as BERT and HuggingFace's "gelu"
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+# Parameters shared with another one (key -> the key it is tied to), as HuggingFace's _tied_weights_keys.
+# Writers may drop these keys (safetensors refuses shared tensors); readers restore them.
+TIED_WEIGHTS = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+
+
+@dataclass
+class BertConfig:
+    """Model shape; field names and defaults (BERT-base) are HuggingFace's ``BertConfig``."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # ours, not in HuggingFace's config.json
+    gradient_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
+    unpad: bool = True  # run position-wise ops on real tokens only (see module docstring)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A transformers ``config.json`` for ``BertForPreTraining``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in HF_FIELDS}
+        return {
+            "architectures": ["BertForPreTraining"],
+            "model_type": "bert",
+            **fields,
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": True,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json", **ours: Any) -> BertConfig:
+        """Read a transformers BERT ``config.json`` dict; ``ours`` sets our own options (e.g. unpad)."""
+        if hf.get("model_type", "bert") != "bert":
+            raise ConfigError(f"{source}: model_type is {hf['model_type']!r}, expected 'bert'")
+        unsupported = {
+            "is_decoder": False,
+            "add_cross_attention": False,
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": True,
+        }
+        for key, expected in unsupported.items():
+            if hf.get(key, expected) != expected:
+                raise ConfigError(f"{source}: {key}={hf[key]!r} is not supported (only {expected!r})")
+        values = {key: hf[key] for key in HF_FIELDS if key in hf}
+        try:
+            return cls(**values, **ours)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+
+HF_FIELDS = tuple(
+    f.name for f in dataclasses.fields(BertConfig) if f.name not in ("gradient_checkpointing", "unpad")
+)
+
+
+# --- padding ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Padding:
+    """Where the real tokens of a padded (B, T) batch are, to move between (B, T, ...) and (N, ...)."""
+
+    indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B*T) grid
+    batch_size: int
+    seq_len: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> Padding:
+        B, T = attention_mask.shape
+        indices = torch.nonzero(attention_mask.flatten(), as_tuple=True)[0]
+        return cls(indices, B, T)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(0, 1).index_select(0, self.indices)  # (B, T, ...) -> (N, ...)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
+        grid = grid.index_copy(0, self.indices, x)  # out of place, so autograd flows back to x
+        return grid.view(self.batch_size, self.seq_len, *x.shape[1:])  # (N, ...) -> (B, T, ...), 0 at pads
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows in (N, ...) of flattened (B*T) ``positions``, which must be real tokens."""
+        rows = torch.searchsorted(self.indices, positions)  # indices are sorted
+        if rows.numel() and (
+            rows.max() >= len(self.indices) or not torch.equal(self.indices[rows], positions)
+        ):
+            raise ValueError("output positions must be real tokens (attention_mask 1), not padding")
+        return rows
+
+
+# --- modules ---------------------------------------------------------------------------------
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        # ids are (B, T) or, unpadded, (N,); the sum order is HuggingFace's, for bitwise parity
+        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)  # (..., H)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: Padding | None
+    ) -> torch.Tensor:
+        # hidden_states: (B, T, H), or (N, H) when unpadded
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(hidden_states, weight, bias)  # (..., 3H): one matmul instead of three
+        if padding is not None:
+            qkv = padding.pad(qkv)  # (B, T, 3H)
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.num_attention_heads, self.attention_head_size).permute(2, 0, 3, 1, 4)
+        dropout_p = self.dropout.p if self.training else 0.0
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p
+        )  # (B, nh, T, hd)
+        context = context.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
+        return padding.unpad(context) if padding is not None else context
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.dense(hidden_states))
+        return self.LayerNorm(hidden_states + input_tensor)  # post-LN residual, as in BERT
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        context = self.self(hidden_states, attn_mask, padding)  # every token is a key and a value
+        if rows is not None:  # only these rows are read after this layer: the rest of it skips the others
+            context, hidden_states = (
+                x.flatten(0, -2).index_select(0, rows) for x in (context, hidden_states)
+            )
+        return self.output(context, hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))  # (..., I)
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.dense(hidden_states))  # (..., H)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, attn_mask, padding, rows)  # (K, H) if rows
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.gradient_checkpointing = config.gradient_checkpointing
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        padding: Padding | None,
+        last_layer_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``last_layer_rows``: flat rows of ``hidden_states`` whose output is wanted; the last layer's
+        output projection and FFN then run on those rows only, and (K, H) is returned."""
+        for i, layer in enumerate(self.layer):
+            rows = last_layer_rows if i == len(self.layer) - 1 else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each layer's input; its activations are recomputed in backward
+                hidden_states = checkpoint(
+                    layer, hidden_states, attn_mask, padding, rows, use_reentrant=False
+                )
+            else:
+                hidden_states = layer(hidden_states, attn_mask, padding, rows)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))  # (B, H) from the [CLS] token
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        # decoder.weight is tied to the word embeddings by the model; decoder.bias IS self.bias
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))  # (..., V)
+
+
+class BertOnlyNSPHead(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        return self.seq_relationship(pooled_output)  # (B, 2)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(
+        self, sequence_output: torch.Tensor, pooled_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """HuggingFace's BertPreTrainedModel.init_weights: N(0, std) weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, BertLMPredictionHead):
+        nn.init.zeros_(module.bias)
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(sequence_output (B, T, H), pooled_output (B, H))``.
+
+        With ``config.unpad`` and padding in ``attention_mask``, sequence_output is 0 at padded
+        positions (HuggingFace computes values there that no loss or head should read).
+        ``output_mask`` (B, T) bool: return ``sequence_output[output_mask]`` (K, H) instead, computed
+        cheaply: the last layer runs its output projection and FFN only at those positions and [CLS].
+        """
+        B, T = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+
+        attn_mask = padding = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
+            if self.config.unpad:
+                padding = Padding.from_mask(attention_mask)
+        if padding is not None:  # every position-wise op below runs on (N, H)
+            input_ids, token_type_ids, position_ids = (
+                padding.unpad(t) for t in (input_ids, token_type_ids, position_ids)
+            )
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H) or (N, H)
+        if output_mask is None:
+            hidden_states = self.encoder(hidden_states, attn_mask, padding)
+            sequence_output = (
+                padding.pad(hidden_states) if padding is not None else hidden_states
+            )  # (B, T, H)
+            pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # (B, H)
+            return sequence_output, pooled_output
+
+        keep = output_mask.clone()
+        keep[:, 0] = True  # the [CLS] rows feed the pooler
+        positions = torch.nonzero(keep.flatten(), as_tuple=True)[0]  # (K',) flat (b, t) order
+        rows = padding.rows(positions) if padding is not None else positions
+        hidden_states = self.encoder(hidden_states, attn_mask, padding, last_layer_rows=rows)  # (K', H)
+        sequence_output = hidden_states[output_mask.flatten()[positions]]  # (K, H)
+        first_tokens = hidden_states[positions % T == 0][:, None]  # (B, 1, H): the pooler reads [:, 0]
+        pooled_output = self.pooler(first_tokens) if self.pooler is not None else None
+        return sequence_output, pooled_output
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return _count_parameters(self, exclude_embeddings)
+
+
+@dataclass
+class BertForPreTrainingOutput:
+    loss: torch.Tensor | None = None  # mlm_loss + nsp_loss, of the parts whose labels were given
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None  # (M, V) at masked positions if labels, else (B, T, V)
+    seq_relationship_logits: torch.Tensor | None = None  # (B, 2)
+    masked_lm_labels: torch.Tensor | None = None  # (M,) targets of prediction_logits rows, if labels
+
+
+class BertForPreTraining(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.cls.apply(lambda m: init_weights(m, config.initializer_range))
+        # tie after init, so the decoder's own init does not overwrite the embeddings' zero pad row
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+    ) -> BertForPreTrainingOutput:
+        """``labels`` (B, T): target id at masked positions, -100 elsewhere (HuggingFace style)."""
+        if labels is None:
+            sequence_output, pooled_output = self.bert(input_ids, attention_mask, token_type_ids)
+            out = BertForPreTrainingOutput(
+                prediction_logits=self.cls.predictions(sequence_output)
+            )  # (B, T, V)
+        else:
+            masked = labels != IGNORE_INDEX  # (B, T)
+            # the last layer and the MLM head run at the masked ~15% of tokens only
+            masked_output, pooled_output = self.bert(
+                input_ids, attention_mask, token_type_ids, output_mask=masked
+            )
+            out = BertForPreTrainingOutput(prediction_logits=self.cls.predictions(masked_output))  # (M, V)
+            out.masked_lm_labels = labels[masked]  # (M,)
+            out.mlm_loss = _cross_entropy(out.prediction_logits, out.masked_lm_labels)
+        out.seq_relationship_logits = self.cls.seq_relationship(pooled_output)
+        if next_sentence_label is not None:
+            out.nsp_loss = _cross_entropy(out.seq_relationship_logits, next_sentence_label.view(-1))
+
+        parts = [loss for loss in (out.mlm_loss, out.nsp_loss) if loss is not None]
+        out.loss = sum(parts[1:], parts[0]) if parts else None
+        return out
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return _count_parameters(self, exclude_embeddings)
+
+    def flops_per_token(self, seq_len: int, mlm_fraction: float = 0.15) -> float:
+        return training_flops_per_token(self.config, seq_len, mlm_fraction)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # at least fp32: a bf16 log-softmax over the vocabulary loses the loss's precision
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
+
+
+def _count_parameters(model: nn.Module, exclude_embeddings: bool) -> int:
+    # parameters() yields a tied tensor once, so the decoder weight is not counted twice
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if not (exclude_embeddings and id(p) in embeddings))
+
+
+def training_flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float = 0.15) -> float:
+    """Model FLOPs of one training step (forward + backward = 3x forward, 2 FLOPs per MAC) per token.
+
+    Counts the work the pretraining losses need, which is what BertForPreTraining does: every layer's
+    matmuls and attention over ``seq_len`` keys, except that the last layer's output projection and
+    FFN are needed only at the masked tokens and [CLS]; the MLM head at the ``mlm_fraction`` of
+    tokens that are masked; the pooler + NSP head once per sequence. Embedding lookups, norms and
+    activations are ignored (< 1%), and so is recomputation by gradient checkpointing, as usual for MFU.
+    """
+    H, I, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers  # noqa: E741
+    attention = 3 * H * H + 2 * seq_len * H  # q, k, v projections; QK^T and attn @ V
+    rest = H * H + 2 * H * I  # output projection, FFN
+    last_layer = attention + (mlm_fraction + 1 / seq_len) * rest
+    mlm_head = mlm_fraction * (H * H + H * V)  # transform, decoder
+    nsp_head = (H * H + 2 * H) / seq_len  # pooler, seq_relationship
+    return 6.0 * ((L - 1) * (attention + rest) + last_layer + mlm_head + nsp_head)

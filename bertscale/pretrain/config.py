@@ -1,0 +1,118 @@
+"""PretrainConfig: one typed tree for a pretraining run (defaults < YAML < ``key=value``).
+
+The sections fine-tuning shares (optimizer, schedule, engine, MLflow) live in bertscale.runtime.config.
+Load with ``load_pretrain_config(path, overrides)``; the resolved config is saved with every run
+and every checkpoint as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bertscale.config import load_config
+from bertscale.errors import ConfigError
+from bertscale.model import BertConfig
+from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig, ScheduleConfig
+
+
+@dataclass
+class ModelConfig(BertConfig):
+    """BertConfig fields; ``vocab_size`` left unset is taken from the shard manifest."""
+
+    vocab_size: int | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.resolve(self.vocab_size or 1)  # validate the shape now, not when the run starts
+
+    def resolve(self, manifest_vocab_size: int) -> BertConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(BertConfig)}
+        values["vocab_size"] = self.vocab_size or manifest_vocab_size
+        return BertConfig(**values)
+
+
+@dataclass
+class DataConfig:
+    shards: Path = Path("data/shards")  # a data_pipeline output directory (manifest.json + tars)
+    split: str = "train"
+    eval_split: str = "validation"
+    micro_batch_size: int = 8  # sequences per rank per forward/backward
+    masking: Literal["static", "dynamic"] = "static"  # static: the pipeline's draws, one per epoch
+    mlm_probability: float = 0.15  # dynamic masking only
+    num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.num_workers < 0:
+            raise ValueError("micro_batch_size must be >= 1 and num_workers >= 0")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
+    on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
+
+
+
+
+
+
+
+
+@dataclass
+class CheckpointConfig:
+    save_every: int = 1000  # optimizer steps; 0 saves only at the end
+    keep_last: int = 3
+    resume: str = "auto"  # auto (latest in output_dir if any) | never | PATH to a run/checkpoint
+    init_from: Path | None = None  # load model weights only (e.g. phase 2 from phase 1)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500  # optimizer steps; 0 disables periodic eval (a final eval still runs)
+    max_batches: int = 50  # per rank
+
+
+
+
+@dataclass
+class MetricsConfig:
+    log_every: int = 10
+    peak_tflops: float | None = None  # per device, for MFU; None: a known GPU's bf16 peak, none on CPU
+
+
+@dataclass
+class DebugConfig:
+    exit_after_step: int | None = None  # hard-exit every rank after this step (tests crash + resume)
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    output_dir: Path = Path("runs/pretrain")
+    seed: int = 1234
+    max_steps: int = 1000  # optimizer steps
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.metrics.log_every < 1:
+            raise ValueError("max_steps and metrics.log_every must be >= 1")
+
+
+def load_pretrain_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> PretrainConfig:
+    cfg = load_config(PretrainConfig, path, overrides)
+    if cfg.optimizer.name == "lamb" and cfg.engine.zero_stage > 0:
+        # ZeRO flattens and partitions parameters, so LAMB's per-parameter trust ratio is lost.
+        raise ConfigError(
+            f"{path}: optimizer.name=lamb needs engine.zero_stage=0 (ZeRO partitions break LAMB)"
+        )
+    return cfg

@@ -1,0 +1,197 @@
+"""Pretraining job: config -> model -> DeepSpeed engine -> the loop, with eval, checkpoints and tracking.
+
+``main(cfg)`` runs on every rank (launched by ``deepspeed --module bertscale.pretrain`` or plain
+``python -m bertscale.pretrain``); everything rank-specific (data slice, tracking on rank 0) is decided here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+
+from bertscale.atomic import atomic_write_text
+from bertscale.config import save_config, to_dict
+from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.errors import CheckpointError, ConfigError
+from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
+from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
+from bertscale.pretrain.config import PretrainConfig
+from bertscale.pretrain.data import PretrainBatches, StreamState, eval_batches
+from bertscale.runtime.engine import all_reduce_sum, build_ds_config, create_engine, init_distributed
+from bertscale.runtime.loop import TrainState, run_training
+from bertscale.runtime.tracking import Tracker, peak_flops_per_device
+
+log = logging.getLogger("bertscale")
+
+
+def pretraining_losses(output: BertForPreTrainingOutput) -> dict[str, torch.Tensor | None]:
+    return {"mlm_loss": output.mlm_loss, "nsp_loss": output.nsp_loss}
+
+
+@torch.no_grad()
+def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """MLM and NSP accuracy (and losses) over the fixed validation batches of all ranks."""
+    engine.eval()
+    sums = [0.0] * 6  # mlm correct, masked tokens, nsp correct, sequences, mlm loss sum, nsp loss sum
+    for batch in batches:
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        out = engine(**batch)
+        masked = out.masked_lm_labels.numel()
+        sums[0] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
+        sums[1] += masked
+        sums[2] += float((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
+        sums[3] += batch["next_sentence_label"].numel()
+        sums[4] += float(out.mlm_loss) * masked
+        sums[5] += float(out.nsp_loss) * batch["next_sentence_label"].numel()
+    mlm_ok, masked, nsp_ok, seqs, mlm_loss, nsp_loss = all_reduce_sum(sums, engine.device)
+    if not seqs:
+        return {}
+    return {
+        "eval_mlm_accuracy": mlm_ok / masked,
+        "eval_nsp_accuracy": nsp_ok / seqs,
+        "eval_mlm_loss": mlm_loss / masked,
+        "eval_nsp_loss": nsp_loss / seqs,
+    }
+
+
+def main(cfg: PretrainConfig) -> TrainState:
+    # user input is checked before any process group exists: a bad path fails fast and clearly
+    manifest = load_manifest(cfg.data.shards)
+    bert_config = cfg.model.resolve(manifest.vocab_size)
+    if bert_config.vocab_size < manifest.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size {bert_config.vocab_size} < the tokenizer's {manifest.vocab_size} "
+            f"({cfg.data.shards / 'manifest.json'})"
+        )
+    cfg.model.vocab_size = bert_config.vocab_size  # the saved config is the resolved one
+    bert_config.gradient_checkpointing |= cfg.engine.activation_checkpointing
+    output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
+    resume = find_resume(cfg.checkpoint.resume, output_dir)
+    ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
+    init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
+
+    dist = init_distributed()
+    logging.basicConfig(
+        level=logging.INFO if dist.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {dist.rank}] %(message)s",
+    )
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = BertForPreTraining(bert_config)
+    if init_weights is not None:
+        try:
+            model.load_state_dict(init_weights)
+        except RuntimeError as err:
+            raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
+        log.info("initialised weights from %s", cfg.checkpoint.init_from)
+    engine = create_engine(
+        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps
+    )
+    torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
+
+    state, data_state = TrainState(), None
+    if resume is not None:
+        saved = load_checkpoint(engine, resume)  # also restores this rank's RNG
+        state = TrainState(step=saved["step"], tokens=saved.get("tokens", 0))
+        data_state = StreamState.from_dict(saved["data"])
+        log.info("resumed from %s at step %d", resume, state.step)
+
+    batches = PretrainBatches(
+        cfg.data.shards,
+        cfg.data.split,
+        micro_batch_size=cfg.data.micro_batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_workers=cfg.data.num_workers,
+        masking=cfg.data.masking,
+        mlm_probability=cfg.data.mlm_probability,
+        seed=cfg.seed,
+        max_seq_length=bert_config.max_position_embeddings,
+        state=data_state,
+        on_corrupt_shard=cfg.data.on_corrupt_shard,
+    )
+    validation = (
+        eval_batches(
+            cfg.data.shards,
+            cfg.data.eval_split,
+            micro_batch_size=cfg.data.micro_batch_size,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            max_batches=cfg.eval.max_batches,
+        )
+        if cfg.data.eval_split in manifest.splits
+        else []
+    )
+
+    tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
+    if dist.rank == 0:
+        save_config(cfg, output_dir / "config.yaml")
+        ds_json = output_dir / "ds_config.json"
+        atomic_write_text(ds_json, json.dumps(ds_config, indent=2))
+        tracker.log_params(
+            {
+                **to_dict(cfg),
+                "world_size": dist.world_size,
+                "parameters": model.num_parameters(),
+                "resumed_from": str(resume or ""),
+            }
+        )
+
+    def save(s: TrainState) -> None:
+        save_checkpoint(
+            engine,
+            checkpoints,
+            s.step,
+            bert_config=bert_config,
+            run_config=cfg,
+            tokenizer=cfg.data.shards / TOKENIZER_NAME,
+            trainer_state={
+                "tokens": s.tokens,
+                "world_size": dist.world_size,
+                "data": batches.state.to_dict(),
+            },
+            keep_last=cfg.checkpoint.keep_last,
+        )
+
+    stop_at = cfg.max_steps
+    if cfg.debug.exit_after_step is not None:
+        stop_at = min(stop_at, cfg.debug.exit_after_step)
+    status = "FAILED"
+    try:
+        state = run_training(
+            engine,
+            iter(batches),
+            state=state,
+            max_steps=stop_at,
+            tracker=tracker,
+            step_metrics=pretraining_losses,
+            evaluate=(lambda: evaluate(engine, validation)) if validation else None,
+            eval_every=cfg.eval.every,
+            save=save,
+            save_every=cfg.checkpoint.save_every,
+            log_every=cfg.metrics.log_every,
+            flops_per_token=model.flops_per_token(manifest.max_seq_length),
+            peak_flops=peak_flops_per_device(cfg.metrics.peak_tflops),
+        )
+        if cfg.debug.exit_after_step is not None and state.step >= cfg.debug.exit_after_step:
+            log.warning("debug.exit_after_step=%d: exiting without cleanup", state.step)
+            os._exit(17)  # what a crash looks like: no final save, no tracker close
+        if cfg.data.on_corrupt_shard == "skip":  # collective: counted over the whole run, all ranks
+            (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
+            tracker.log_metrics(state.step, {"skipped_shards": skipped})
+        if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
+            tracker.log_metrics(state.step, evaluate(engine, validation))
+        if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
+            save(state)
+        status = "FINISHED"
+    finally:
+        if dist.rank == 0:
+            for artifact in ("config.yaml", "ds_config.json", "metrics.jsonl"):
+                tracker.log_artifact(output_dir / artifact)
+            latest = checkpoints / "latest"
+            if latest.is_file():
+                tracker.log_artifact(checkpoints / latest.read_text().strip() / "bert_config.json")
+        tracker.close(status)
+    return state

@@ -1,0 +1,1 @@
+"""The training runtime both jobs share: engine (DeepSpeed), loop, optimizer/schedule, tracking."""

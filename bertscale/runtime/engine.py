@@ -1,0 +1,146 @@
+"""DeepSpeed engine from our typed config (shared by pretraining and fine-tuning).
+
+Public API:
+    init_distributed() -> DistInfo        gloo on CPU, nccl on GPU; a plain ``python -m`` is rank 0 of 1
+    build_ds_config(engine_cfg, micro_batch_size) -> dict    the DeepSpeed JSON, generated
+    create_engine(model, engine_cfg, optimizer_cfg, schedule_cfg, micro_batch_size, max_steps)
+        -> deepspeed.DeepSpeedEngine     (optimizer + LR scheduler attached; their state is checkpointed)
+    barrier(), all_reduce_sum(values) -> list[float], all_gather_object(obj) -> list
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from torch import nn
+
+from bertscale.errors import ConfigError
+from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
+from bertscale.runtime.optim import build_optimizer, build_scheduler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group the launcher describes in the environment (or make a group of one)."""
+    for key, default in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        os.environ.setdefault(key, default)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        if "OMP_NUM_THREADS" not in os.environ:  # ranks on one host share its cores
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def build_ds_config(cfg: EngineConfig, micro_batch_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON; sections of ``cfg.ds_config`` (a user JSON file) replace ours."""
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_clipping": cfg.gradient_clipping,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # our optimizers are plain torch ones
+        "steps_per_print": 2**31 - 1,  # we log ourselves (metrics.py)
+        "wall_clock_breakdown": False,
+    }
+    if cfg.ds_config is not None:
+        try:
+            user = json.loads(cfg.ds_config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{cfg.ds_config}: cannot read DeepSpeed config ({err})") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"{cfg.ds_config}: a DeepSpeed config must be a JSON object")
+        ds.update(user)
+    return ds
+
+
+def create_engine(
+    model: nn.Module,
+    engine_cfg: EngineConfig,
+    optimizer_cfg: OptimizerConfig,
+    schedule_cfg: ScheduleConfig,
+    micro_batch_size: int,
+    max_steps: int,
+) -> deepspeed.DeepSpeedEngine:
+    """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision."""
+    accelerator = get_accelerator()
+    supported = {
+        "fp16": accelerator.is_fp16_supported(),
+        "bf16": accelerator.is_bf16_supported(),
+        "fp32": True,
+    }
+    if not supported[engine_cfg.precision]:
+        raise ConfigError(
+            f"engine.precision={engine_cfg.precision} is not supported by DeepSpeed's "
+            f"'{accelerator.device_name()}' accelerator; use {'bf16 or ' if supported['bf16'] else ''}fp32"
+        )
+    if engine_cfg.activation_checkpointing:
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+    optimizer = build_optimizer(model, optimizer_cfg)
+    scheduler = build_scheduler(optimizer, schedule_cfg, max_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=build_ds_config(engine_cfg, micro_batch_size),
+    )
+    return engine
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
+    """Sum over ranks of each value (Python numbers or 0-d tensors); one collective, one host sync."""
+    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
