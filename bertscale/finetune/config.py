@@ -16,7 +16,7 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 @dataclass
 class ModelConfig:
-    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.pretrain.checkpoint.load_pretrained).
+    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.model_dir.load_pretrained).
     checkpoint: str | None = None
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
     # weights (the baseline that shows what pretraining buys).
