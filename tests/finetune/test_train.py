@@ -98,7 +98,7 @@ ZERO_CHECKPOINT = textwrap.dedent(
     import torch
     from bertscale.pretrain.checkpoint import save_checkpoint
     from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
-from bertscale.pretrain.config import PretrainConfig
+    from bertscale.pretrain.config import PretrainConfig
     from bertscale.runtime.engine import create_engine, init_distributed
     from bertscale.model import BertConfig, BertForPreTraining
 
