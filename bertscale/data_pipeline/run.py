@@ -34,7 +34,13 @@ from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
 from bertscale.data_pipeline.shards import write_manifest
 from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
-from bertscale.data_pipeline.tokenizer import load_tokenizer_model, model_sha256, processor, word_start_table
+from bertscale.data_pipeline.tokenizer import (
+    load_tokenizer_model,
+    model_sha256,
+    processor,
+    sample_indices,
+    word_start_table,
+)
 from bertscale.errors import DataError
 
 __all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
@@ -91,7 +97,8 @@ def _multistream_task(dump: str, index: Path, parts: int) -> tuple[list[ReadUnit
 
 
 _trim_task = ray.remote(num_cpus=1)(spill.trim_documents).options(name="trim_documents")
-_tokenizer_task = ray.remote(num_cpus=1)(stages.train_from_spill).options(name="train_tokenizer")
+_sample_task = ray.remote(num_cpus=1)(stages.sample_sentences).options(name="sample_sentences")
+_tokenizer_task = ray.remote(num_cpus=1)(stages.train_from_samples).options(name="train_tokenizer")
 _encode_task = ray.remote(num_cpus=1)(stages.encode_files).options(name="encode_documents")
 _join_task = ray.remote(num_cpus=1)(stages.join_corpus).options(name="join_corpus")
 _samples_task = ray.remote(num_cpus=1)(stages.samples_part).options(name="build_samples")
@@ -369,10 +376,30 @@ def _cap(chunks: list[Chunk], limit: int) -> list[Chunk]:
 
 
 def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None) -> bytes:
-    """The given tokenizer, or one trained in a task on a seeded sample of the clean sentences."""
+    """The given tokenizer, or one trained in a task on a bounded sample of the clean sentences:
+    tasks gather the seeded sample (at most ``tokenizer.input_sentence_size`` sentences, corpus
+    order kept) from their clean files; the driver holds only the sample's indices."""
     if model_proto is not None:
         return model_proto
-    return ray.get(_tokenizer_task.remote(chunks, stage.cfg.tokenizer, stage.cfg.seed))
+    cfg = stage.cfg
+    counts = np.array([c.sentences for c in chunks], np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    keep = sample_indices(int(starts[-1]), cfg.tokenizer.input_sentence_size, cfg.seed)
+    if keep is None:  # the whole corpus is the sample: the trainer reads the clean files themselves
+        paths = [c.path for c in chunks]
+        return ray.get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
+    bounds = np.searchsorted(keep, starts)
+    picks = [keep[a:b] - start for a, b, start in zip(bounds[:-1], bounds[1:], starts[:-1], strict=True)]
+    groups = _ranges(np.diff(bounds), stage.parts)
+    paths = [stage.spill_dir / f"sample-{i:06d}.bin" for i in range(len(groups))]
+    refs = [
+        _sample_task.remote(chunks[a:b], picks[a:b], path) for (a, b), path in zip(groups, paths, strict=True)
+    ]
+    sampled = stage.gather(refs, [b - a for a, b in groups], "sample", "file")
+    model_proto = ray.get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
+    for path in paths:
+        path.unlink()
+    return model_proto
 
 
 # --- stage 3: encode --------------------------------------------------------------------------

@@ -120,11 +120,19 @@ def read_unit(
 # --- tokenize ----------------------------------------------------------------------------------
 
 
-def train_from_spill(chunks: list[Chunk], cfg: TokenizerConfig, seed: int) -> bytes:
-    """The tokenizer trained on the clean files' sentences (a seeded sample of at most
-    ``cfg.input_sentence_size``, read one file at a time)."""
-    sentences = spill.SpilledSentences([c.path for c in chunks], [c.sentences for c in chunks])
-    return train_tokenizer(sentences, cfg, seed)
+def sample_sentences(chunks: list[Chunk], picks: list[np.ndarray], path: Path) -> int:
+    """The sentences at ``picks`` (indices per chunk) of the clean files → one file."""
+    sentences = []
+    for chunk, pick in zip(chunks, picks, strict=True):
+        if len(pick):
+            flat = [s for doc in spill.read_documents(chunk.path) for s in doc]
+            sentences.extend(flat[i] for i in pick.tolist())
+    return spill.write_documents(path, [sentences])
+
+
+def train_from_samples(paths: list[Path], counts: list[int], cfg: TokenizerConfig, seed: int) -> bytes:
+    """The tokenizer trained on the sentences of these clean (or sample) files, in order."""
+    return train_tokenizer(spill.SpilledSentences(paths, counts), cfg, seed)
 
 
 def encode_documents(

@@ -11,6 +11,7 @@ import pytest
 from bertscale.data_pipeline import multistream, sources
 from bertscale.errors import DataError
 
+ASSETS = Path(__file__).parents[1] / "assets"
 GENSIM_DUMP = (
     "pkg://gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 )
@@ -89,3 +90,56 @@ def test_an_index_of_another_dump_is_one_clear_error(gensim_xml: bytes, tmp_path
     (tmp_path / "junk-index.txt.bz2").write_bytes(b"not bz2")
     with pytest.raises(DataError, match=r"junk-index\.txt\.bz2: unreadable multistream index"):
         multistream.stream_offsets(str(dump), tmp_path / "junk-index.txt.bz2")
+
+
+# --- through the pipeline (real Ray) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _hashes(output: Path) -> dict[str, list[str]]:
+    from bertscale.data_pipeline.schema import load_manifest
+
+    manifest = load_manifest(output)
+    return {name: [s.sha256 for s in split.shards] for name, split in manifest.splits.items()}
+
+
+def test_pipeline_reads_a_multistream_dump_like_the_plain_one(
+    local_ray, tiny_config, tiny_shards: Path, tmp_path: Path, capfd
+) -> None:
+    """tests/assets/tiny_wiki.xml as a multistream dump of one page per stream (several ranges, one
+    task each) gives the plain read's shards; an index of another dump falls back to one stream."""
+    from bertscale.data_pipeline.run import run_pipeline
+
+    dump = write_multistream((ASSETS / "tiny_wiki.xml").read_bytes(), tmp_path, 1, name="tiny")
+    cfg = tiny_config(tmp_path / "multi", inputs__wiki=[str(dump)])
+    assert _hashes(run_pipeline(cfg)) == _hashes(tiny_shards)
+    assert "warning" not in capfd.readouterr().err
+
+    index = next(tmp_path.glob(f"*{multistream.INDEX_SUFFIX}"))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_multistream((ASSETS / "tiny_wiki.xml").read_bytes(), other, 2, name="tiny")
+    next(other.glob(f"*{multistream.INDEX_SUFFIX}")).replace(index)  # the index of another layout
+    assert _hashes(run_pipeline(tiny_config(tmp_path / "fallback", inputs__wiki=[str(dump)]))) == _hashes(
+        tiny_shards
+    )
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"{index}: does not match tiny-pages-articles" in warnings[0]
+    assert warnings[0].endswith(f"{dump} is read as one stream")
+
+
+def test_max_documents_counts_raw_documents_in_input_order(local_ray, tiny_config, tmp_path: Path) -> None:
+    """The cap crosses files read by different tasks: the first N documents in input order are kept."""
+    from bertscale.data_pipeline.run import run_pipeline
+    from bertscale.data_pipeline.schema import load_manifest
+
+    cfg = tiny_config(tmp_path / "cap", inputs__max_documents=6, split__samples_per_shard=4)
+    assert load_manifest(run_pipeline(cfg)).inputs["documents"] == 6  # 4 articles + the first 2 books
