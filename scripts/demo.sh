@@ -17,7 +17,8 @@ START=$(date +%s)
 step() { printf '\n=== [%3ds] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
 step "1/4 data pipeline (Ray): Wikipedia dump + Hamlet -> WebDataset shards"
-python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards"
+python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards" \
+  mlflow.enabled=true mlflow.tracking_uri="$TRACKING"
 
 step "2/4 pretraining (deepspeed launcher, 2 CPU ranks, ZeRO-1)"
 deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --module bertscale.pretrain \

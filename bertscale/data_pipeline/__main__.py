@@ -9,6 +9,7 @@ joins the cluster; otherwise a local Ray with ``num_workers`` CPUs is started.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def main(argv: Sequence[str]) -> None:
     cfg = load_config(PipelineConfig, path or DEMO_CONFIG, overrides)
     from bertscale.data_pipeline.run import run_pipeline  # ray is imported only once the config is valid
     from bertscale.data_pipeline.schema import load_manifest
+    from bertscale.data_pipeline.tracking import track_pipeline
 
-    output = run_pipeline(cfg)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    output = run_pipeline(cfg, timings)
+    track_pipeline(cfg, output, timings, time.perf_counter() - started)
     manifest = load_manifest(output)
     counts = ", ".join(
         f"{name}: {s.samples} samples in {len(s.shards)} shards" for name, s in manifest.splits.items()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bertscale.runtime.config import MlflowConfig
+
 
 @dataclass
 class InputsConfig:
@@ -69,6 +71,10 @@ class PipelineConfig:
     seed: int = 12345
     on_bad_input: Literal["skip", "fail"] = "skip"
     progress: bool = True  # tqdm bars on stderr
+    # The pipeline's own MLflow run (off unless enabled; default store: {output_dir}/mlflow.db).
+    mlflow: MlflowConfig = field(
+        default_factory=lambda: MlflowConfig(enabled=False, experiment="bertscale-data")
+    )
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import socket
+from pathlib import Path
 
 import torch
 
@@ -23,7 +25,14 @@ from bertscale.finetune.data import Features, eval_batches, load_task_data, load
 from bertscale.finetune.evaluate import evaluate
 from bertscale.finetune.heads import HEADS
 from bertscale.finetune.plot import plot_curves, read_curves
-from bertscale.runtime.engine import consolidated_state_dict, create_engine, init_distributed
+from bertscale.finetune.readers import BUILTIN_DATASETS
+from bertscale.model_dir import resolve_step_dir
+from bertscale.runtime.engine import (
+    all_gather_object,
+    consolidated_state_dict,
+    create_engine,
+    init_distributed,
+)
 from bertscale.runtime.loop import TrainState, run_training
 from bertscale.runtime.tracking import Tracker
 
@@ -83,7 +92,29 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.jsonl").unlink(missing_ok=True)  # the curves are this run's only
         save_config(cfg, output_dir / "config.yaml")
-    tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
+    dataset = cfg.dataset.name or cfg.dataset.path
+    description = (
+        f"**Fine-tuning** {cfg.task} ({', '.join(data.labels)}) on {dataset} "
+        f"({len(train)} training examples, {max_steps} steps) from {base.source}."
+    )
+    hosts = all_gather_object(socket.gethostname())
+    tracker = Tracker(
+        cfg.mlflow,
+        None,
+        output_dir=output_dir,
+        enabled=dist.rank == 0,
+        description=description,
+        job="finetune",
+        world_size=dist.world_size,
+        hosts=hosts,
+    )
+    if tracker.active:
+        tracker.log_dataset(lambda: task_dataset(cfg, data.counts))
+        if cfg.model.checkpoint is not None:
+            source = tracker.start_from(resolve_step_dir(Path(cfg.model.checkpoint)))
+            if source is not None:  # the description links the run and checkpoint it started from
+                link = f"#/experiments/{source.experiment_id}/runs/{source.source_run_id}"
+                tracker.set_description(f"{description}\n\nStarted from [{source.name}]({link}).")
     tracker.log_params(
         {
             **to_dict(cfg),
@@ -118,6 +149,12 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         repeat = bool(every) and state.step % every == 0 and len(periodic) == len(validation)
         tracker.log_metrics(state.step, {k: v for k, v in final.items() if not (repeat and k[:5] == "eval_")})
         _save(engine, cfg, base, data.labels, dist.rank)
+        name = f"{cfg.mlflow.run_name or cfg.task}-final"
+        model_id = tracker.log_model(
+            output_dir / "model", name=name, step=state.step, params={"task": cfg.task}
+        )
+        if model_id is not None and cfg.mlflow.register:
+            tracker.register(model_id, output_dir / "model", cfg.mlflow.register)
         if dist.rank == 0:
             atomic_write_text(output_dir / "results.json", json.dumps(final, indent=2) + "\n")
             metric = PRIMARY_METRIC[cfg.task]
@@ -130,6 +167,16 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     finally:
         tracker.close(status)
     return final
+
+
+def task_dataset(cfg: FinetuneConfig, counts: dict[str, int]):
+    """The task's data files as an MLflow dataset (lineage imports mlflow: only where tracking is on)."""
+    from bertscale.runtime.lineage import file_dataset
+
+    builtin = BUILTIN_DATASETS.get(cfg.dataset.name or "")
+    given = [cfg.dataset.path, cfg.dataset.validation_path, cfg.dataset.test_path]
+    paths = [builtin.locate()] if builtin else [Path(p) for p in given if p]
+    return file_dataset(cfg.dataset.name or paths[0].name, paths, counts)
 
 
 def _save(engine, cfg: FinetuneConfig, base, labels: list[str], rank: int) -> None:

@@ -9,21 +9,32 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import tempfile
+from pathlib import Path
 
 import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import load_manifest
+from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
-from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
-from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
+from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
+from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained, save_model_dir
 from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, StreamState, eval_batches
-from bertscale.runtime.engine import all_reduce_sum, build_ds_config, create_engine, init_distributed
+from bertscale.runtime.engine import (
+    all_gather_object,
+    all_reduce_sum,
+    build_ds_config,
+    create_engine,
+    init_distributed,
+)
 from bertscale.runtime.loop import TrainState, run_training
-from bertscale.runtime.tracking import Tracker, peak_flops_per_device
+from bertscale.runtime.tracking import Tracker, node_monitor, peak_flops_per_device
+
+HF_CONFIG = "config.json"  # transformers' name for bert_config.json (see bertscale.finetune.export)
 
 log = logging.getLogger("bertscale")
 
@@ -58,6 +69,45 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
         "eval_mlm_loss": total["mlm_loss"] / total["masked"],
         "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
+
+
+def shards_dataset(shards: Path):
+    """The pipeline's manifest as an MLflow dataset (lineage imports mlflow: only where tracking is on)."""
+    from bertscale.runtime.lineage import manifest_dataset
+
+    return manifest_dataset(shards)
+
+
+def describe_run(
+    cfg: PretrainConfig, bert: BertConfig, parameters: int, manifest: Manifest, world_size: int,
+    resume: Path | None,
+) -> str:  # fmt: skip
+    """The run page's description: what is trained, on what, how (Markdown)."""
+    train = manifest.splits.get(cfg.data.split)
+    data = f"{train.tokens:,} tokens in {len(train.shards)} shards" if train else "no train split"
+    start = (
+        f"resumed from `{resume}`" if resume else
+        f"initialised from `{cfg.checkpoint.init_from}`" if cfg.checkpoint.init_from else "from scratch"
+    )  # fmt: skip
+    return (
+        f"**Pretraining** BERT L{bert.num_hidden_layers}/H{bert.hidden_size} "
+        f"({parameters / 1e6:.1f}M parameters, vocab {bert.vocab_size}, MLM + NSP), {start}.\n\n"
+        f"Data: `{cfg.data.shards}` ({data}; tokenizer {manifest.tokenizer_sha256[:12]}).\n\n"
+        f"{cfg.max_steps} steps of {cfg.data.micro_batch_size} x {world_size} ranks x "
+        f"{cfg.engine.gradient_accumulation_steps} sequences, DeepSpeed ZeRO-{cfg.engine.zero_stage}, "
+        f"{cfg.engine.precision}, {cfg.optimizer.name} lr {cfg.optimizer.lr}."
+    )
+
+
+def register_final(tracker: Tracker, model_id: str, step_dir: Path, name: str) -> None:
+    """Register the last checkpoint as ``name``: its HuggingFace layout uploaded into the logged model."""
+    pretrained = load_pretrained(step_dir)
+    with tempfile.TemporaryDirectory(dir=step_dir.parent) as tmp:
+        hf_dir = save_model_dir(
+            Path(tmp) / "hf", pretrained.config, pretrained.state_dict, pretrained.tokenizer,
+            config_name=HF_CONFIG,
+        )  # fmt: skip
+        tracker.register(model_id, hf_dir, name)
 
 
 def main(cfg: PretrainConfig) -> TrainState:
@@ -129,8 +179,23 @@ def main(cfg: PretrainConfig) -> TrainState:
         else []
     )
 
-    tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
+    hosts = all_gather_object(socket.gethostname())
+    description = describe_run(cfg, bert_config, model.num_parameters(), manifest, dist.world_size, resume)
+    tracker = Tracker(
+        cfg.mlflow,
+        None,
+        output_dir=output_dir,
+        enabled=dist.rank == 0,
+        description=description,
+        job="pretrain",
+        world_size=dist.world_size,
+        hosts=hosts,
+    )
+    run_id, tracking_uri = all_gather_object((tracker.run_id, tracker.tracking_uri))[0]
+    first_of_node = dist.local_rank == 0 and hosts[dist.rank] != hosts[0]
+    monitor = node_monitor(cfg.mlflow, run_id, tracking_uri) if first_of_node else None
     if dist.rank == 0:
+        tracker.log_dataset(lambda: shards_dataset(cfg.data.shards))
         save_config(cfg, output_dir / "config.yaml")
         ds_json = output_dir / "ds_config.json"
         atomic_write_text(ds_json, json.dumps(ds_config, indent=2))
@@ -143,8 +208,10 @@ def main(cfg: PretrainConfig) -> TrainState:
             }
         )
 
+    final_model: list[tuple[str, Path]] = []  # the last checkpoint's logged model id and step dir
+
     def save(s: TrainState) -> None:
-        save_checkpoint(
+        step_dir = save_checkpoint(
             engine,
             checkpoints,
             s.step,
@@ -158,6 +225,10 @@ def main(cfg: PretrainConfig) -> TrainState:
             },
             keep_last=cfg.checkpoint.keep_last,
         )
+        name = f"{cfg.mlflow.run_name or 'pretrain'}-step{s.step}"
+        model_id = tracker.log_model(step_dir, name=name, step=s.step, params={"tokens": s.tokens})
+        if model_id is not None:
+            final_model[:] = [(model_id, step_dir)]
 
     stop_at = cfg.max_steps
     if cfg.debug.exit_after_step is not None:
@@ -189,6 +260,9 @@ def main(cfg: PretrainConfig) -> TrainState:
             tracker.log_metrics(state.step, evaluate(engine, validation))
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
+        tracker.log_metrics(state.step, {"tokens_seen": state.tokens})
+        if dist.rank == 0 and cfg.mlflow.register and final_model:
+            register_final(tracker, *final_model[0], cfg.mlflow.register)
         status = "FINISHED"
     finally:
         if dist.rank == 0:
@@ -198,4 +272,6 @@ def main(cfg: PretrainConfig) -> TrainState:
             if latest.is_file():
                 tracker.log_artifact(checkpoints / latest.read_text().strip() / CONFIG)
         tracker.close(status)
+        if monitor is not None:
+            monitor.finish()
     return state

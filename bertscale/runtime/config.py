@@ -18,12 +18,14 @@ class OptimizerConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
 
+
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 0
     decay: Literal["linear", "cosine", "constant"] = "linear"
     total_steps: int | None = None  # end of the decay; defaults to the job's max_steps
     min_lr_ratio: float = 0.0  # lr at total_steps, as a fraction of the peak lr
+
 
 @dataclass
 class EngineConfig:
@@ -40,9 +42,17 @@ class EngineConfig:
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be >= 1")
 
+
 @dataclass
 class MlflowConfig:
     enabled: bool = True
     tracking_uri: str | None = None  # default: sqlite:///{output_dir}/mlflow.db
     experiment: str = "bertscale-pretrain"
     run_name: str | None = None
+    # CPU/GPU utilisation and memory as system/* metrics. None: on with a GPU, off on CPU (where
+    # the sampling thread measurably slows the tiny demo; see README).
+    system_metrics: bool | None = None
+    system_metrics_interval_s: float = 10.0
+    # Register the final model under this name in the model registry (its files are then copied
+    # into the artifact store); unset: checkpoints are logged models that point at their directory.
+    register: str | None = None
