@@ -31,18 +31,26 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def _mlflow_run(output_dir: Path):
+def _mlflow_run(output_dir: Path, tracking_uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{output_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bertscale-finetune")
     (run,) = client.search_runs([experiment.experiment_id])
     return client, run
 
 
 def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_checkpoint, tmp_path):
+    from bertscale.runtime.config import MlflowConfig
+    from bertscale.runtime.tracking import Tracker
+
     out = tmp_path / "sentiment"
     run_dir = tiny_checkpoint.parent.parent  # a pretrain run dir: follows checkpoints/latest
+    # the checkpoint as a pretraining run would have logged it, in the store fine-tuning uses
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pre = Tracker(MlflowConfig(tracking_uri=store), None, output_dir=tmp_path / "pre")
+    source_model = pre.log_model(tiny_checkpoint, name="pre-step10", step=10)
+    pre.close()
     proc = _run(
         [
             "bertscale.finetune",
@@ -56,12 +64,23 @@ def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_
             "train.log_every=3",
             "schedule.warmup_steps=2",
             f"output_dir={out}",
+            f"mlflow.tracking_uri={store}",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    client, run = _mlflow_run(out)
+    client, run = _mlflow_run(out, store)
     assert run.info.status == "FINISHED"
+    # lineage: which data, which checkpoint (the logged model of the pretraining run), the final model
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "rotten_tomatoes" and json.loads(data.dataset.profile)["files"] == 1
+    assert [m.model_id for m in run.inputs.model_inputs] == [source_model]
+    assert run.data.tags["bertscale.source_run_id"] == pre.run_id
+    assert f"runs/{pre.run_id}" in run.data.tags["mlflow.note.content"]
+    (final,) = run.outputs.model_outputs
+    model = client.get_logged_model(final.model_id)
+    assert model.tags["bertscale.path"] == str((out / "model").resolve()) and final.step == 12
+    assert {"eval_accuracy", "test_accuracy"} <= {m.key for m in model.metrics}
     assert run.data.params["dataset.name"] == "rotten_tomatoes"
     assert run.data.params["labels"] == "rotten,fresh"
     losses = client.get_metric_history(run.info.run_id, "loss")

@@ -107,3 +107,46 @@ def test_server_receives_a_run_over_http(tmp_path):
         pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
     assert proc.poll() is not None
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+
+
+def test_lineage_over_http_dataset_models_registry_and_links(tmp_path):
+    """The tracker against a real server: dataset input, logged models, the registry (artifacts
+    proxied by the server) and the fine-tune -> checkpoint link, read back by another client."""
+    from mlflow.tracking import MlflowClient
+
+    from bertscale.runtime.config import MlflowConfig
+    from bertscale.runtime.lineage import file_dataset
+    from bertscale.runtime.tracking import Tracker
+
+    cfg = MlflowServerConfig(
+        sqlite_uri(tmp_path / "mlflow.db"), str(tmp_path / "artifacts"), port=free_port()
+    )
+    step_dir = tmp_path / "run" / "checkpoints" / "step_00000004"
+    step_dir.mkdir(parents=True)
+    (step_dir / "model.safetensors").write_bytes(b"w" * 1000)
+    with running_server(cfg, log_path=tmp_path / "server.log", timeout=150):
+        pre = Tracker(
+            MlflowConfig(tracking_uri=cfg.url, experiment="http-pre"), None, output_dir=tmp_path / "pre"
+        )
+        pre.log_dataset(lambda: file_dataset("weights", [step_dir / "model.safetensors"], {"rows": 1}))
+        pre.log_metrics(4, {"eval_mlm_accuracy": 0.5})
+        model_id = pre.log_model(step_dir, name="pre-step4", step=4)
+        assert pre.register(model_id, step_dir, "http-bert") == 1
+        pre.close()
+        fine = Tracker(
+            MlflowConfig(tracking_uri=cfg.url, experiment="http-fine"), None, output_dir=tmp_path / "fine"
+        )
+        fine.start_from(step_dir)
+        fine.close()
+
+        client = MlflowClient(tracking_uri=cfg.url)
+        run = client.get_run(pre.run_id)
+        assert run.inputs.dataset_inputs[0].dataset.name == "weights"
+        assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model_id, 4)]
+        assert client.get_logged_model(model_id).tags["bertscale.path"] == str(step_dir.resolve())
+        (version,) = client.search_model_versions("name='http-bert'")
+        assert version.source == f"models:/{model_id}" and version.run_id == pre.run_id
+        assert [m.model_id for m in client.get_run(fine.run_id).inputs.model_inputs] == [model_id]
+        assert client.get_run(fine.run_id).data.tags["bertscale.source_run_id"] == pre.run_id
+    # the registered files went through the server into its artifact store
+    assert len(list((tmp_path / "artifacts").rglob("model.safetensors"))) == 1

@@ -5,6 +5,7 @@ Runs are tiny (2 layers, hidden 64, micro batch 8, <= 16 steps); most of their t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -124,6 +125,23 @@ def test_loss_falls_and_eval_and_mlflow_are_recorded(run, tiny_shards):
     assert 0 < mlrun.data.metrics["mfu"] < 1
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"config.yaml", "ds_config.json", "metrics.jsonl", "bert_config.json"} <= artifacts
+    # lineage: the data (manifest digest), the code, the hosts, the checkpoints as logged models
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (data,) = mlrun.inputs.dataset_inputs
+    assert (
+        data.dataset.digest == hashlib.sha256((tiny_shards / "manifest.json").read_bytes()).hexdigest()[:32]
+    )
+    tags = mlrun.data.tags
+    assert tags["bertscale.job"] == "pretrain" and tags["bertscale.world_size"] == "2"
+    assert tags["mlflow.note.content"].startswith("**Pretraining** BERT L2/H64")
+    assert "bertscale.pretrain" in tags["bertscale.command"] and "mlflow.source.git.commit" in tags
+    assert mlrun.data.metrics["tokens_seen"] > 0
+    outputs = sorted((o.step, o.model_id) for o in mlrun.outputs.model_outputs)
+    assert [step for step, _ in outputs] == [8, 16]
+    for step, model_id in outputs:
+        model = client.get_logged_model(model_id)
+        assert model.tags["bertscale.path"] == str((run / "checkpoints" / f"step_{step:08d}").resolve())
+        assert {m.key: m.step for m in model.metrics}["eval_mlm_accuracy"] == step
 
 
 @pytest.mark.distributed
