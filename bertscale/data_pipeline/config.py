@@ -62,6 +62,7 @@ class SplitConfig:
 class PipelineConfig:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     output_dir: str = "data/demo"
+    overwrite: bool = False  # a non-empty output_dir: replace the dataset files in it (others are kept)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

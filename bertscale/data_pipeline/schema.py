@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -126,6 +127,14 @@ def decode_sample(key: str, members: dict[str, bytes], where: str = "shard") -> 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
+
+
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
+
+
+def is_dataset_file(name: str) -> bool:
+    """Whether a file name in an output directory is one the pipeline writes (what overwrite replaces)."""
+    return name in (MANIFEST_NAME, TOKENIZER_NAME) or bool(SHARD_NAME.match(name))
 
 
 def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:

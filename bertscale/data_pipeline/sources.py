@@ -115,6 +115,9 @@ def iter_wiki_pages(path: str) -> Iterator[RawDocument]:
 
 def read_book(path: str) -> RawDocument:
     raw = Path(path).read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # UTF-8 text never holds NUL: an image, an archive, a zero-filled file
+        raise DataError(f"binary content, not text (NUL byte at offset {nul})")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

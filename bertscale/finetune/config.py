@@ -86,6 +86,7 @@ class FinetuneConfig:
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="bertscale-finetune"))
     seed: int = 0
     output_dir: str = "runs/finetune"
+    overwrite: bool = False  # a non-empty output_dir: replace this job's files in it (others are kept)
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 8:

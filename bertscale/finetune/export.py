@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bertscale.atomic import atomic_directory
+from bertscale.atomic import atomic_directory, prepare_output_dir
 from bertscale.data_pipeline.schema import TOKENIZER_NAME
 from bertscale.errors import CheckpointError, run_cli
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
@@ -45,6 +45,9 @@ HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
 OUR_CONFIG = "bert_config.json"  # beside model.safetensors in bertscale.pretrain.checkpoint's step dir
 BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
+EXPORT_FILES = frozenset(
+    {HF_CONFIG, HF_WEIGHTS, HF_INDEX, OUR_CONFIG, TOKENIZER_NAME}
+)  # what --overwrite replaces
 
 
 # --- ours -> transformers --------------------------------------------------------------------
@@ -87,7 +90,7 @@ def _write_dir(
     tensors = {
         key: value.detach().cpu().contiguous() for key, value in state.items() if key not in TIED_WEIGHTS
     }
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, owned=EXPORT_FILES.__contains__) as tmp:  # other files in out are kept
         save_file(tensors, tmp / HF_WEIGHTS, metadata={"format": "pt"})
         (tmp / config_name).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
@@ -230,8 +233,20 @@ def main(argv: Sequence[str]) -> None:
         "--to-hf", metavar="CKPT", type=Path, help="our checkpoint (run, step or ZeRO dir)"
     )
     direction.add_argument("--from-hf", metavar="HFDIR", type=Path, help="a transformers BERT directory")
-    parser.add_argument("out", type=Path, help="directory to write (replaced atomically if it exists)")
+    parser.add_argument("out", type=Path, help="a new or empty directory to write")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the exported files in a non-empty OUT (others are kept)",
+    )
     args = parser.parse_args(argv)
+    prepare_output_dir(
+        args.out,
+        key="OUT",
+        overwrite=args.overwrite,
+        overwrite_hint="--overwrite",
+        inputs=[args.to_hf if args.to_hf is not None else args.from_hf],
+    )
 
     if args.to_hf is not None:
         from bertscale.pretrain.checkpoint import (

@@ -98,6 +98,7 @@ class PretrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     output_dir: Path = Path("runs/pretrain")
+    overwrite: bool = False  # a non-empty output_dir that is not this run's: write into it anyway
     seed: int = 1234
     max_steps: int = 1000  # optimizer steps
 
