@@ -19,6 +19,7 @@ import yaml
 
 from bertscale.atomic import atomic_write_text
 from bertscale.errors import ConfigError
+from bertscale.secrets import redact
 
 T = TypeVar("T")
 
@@ -79,8 +80,9 @@ def from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config", _
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain (YAML-serialisable) dict of a config tree."""
-    return _plain(dataclasses.asdict(cfg))
+    """Plain (YAML-serialisable) dict of a config tree, with URI credentials masked: it is what
+    every job saves (config.yaml, manifest.json) and logs to MLflow."""
+    return redact(_plain(dataclasses.asdict(cfg)))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
