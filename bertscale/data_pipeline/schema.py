@@ -51,6 +51,8 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "masked_positions": np.dtype(np.int16),
     "masked_ids": np.dtype(np.int32),
 }
+# the longest pair the dtypes above hold: masked_positions index into it
+MAX_SEQ_LENGTH = int(np.iinfo(ARRAY_FIELDS["masked_positions"]).max) + 1
 LABEL_FIELD = "next_sentence_label"
 SAMPLE_MEMBERS = (*(f"{name}.npy" for name in ARRAY_FIELDS), f"{LABEL_FIELD}.txt")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from bertscale.config import load_config
 from bertscale.errors import ConfigError
@@ -35,6 +35,8 @@ class ModelConfig(BertConfig):
 
 @dataclass
 class DataConfig:
+    RANGES: ClassVar[dict[str, str]] = {"micro_batch_size": "[1, inf)", "mlm_probability": "(0, 1)", "num_workers": "[0, inf)"}
+
     shards: Path = Path("data/shards")  # a data_pipeline output directory (manifest.json + tars)
     split: str = "train"
     eval_split: str = "validation"
@@ -60,6 +62,8 @@ class DataConfig:
 
 @dataclass
 class CheckpointConfig:
+    RANGES: ClassVar[dict[str, str]] = {"save_every": "[0, inf)", "keep_last": "[0, inf)"}
+
     save_every: int = 1000  # optimizer steps; 0 saves only at the end
     keep_last: int = 3
     resume: str = "auto"  # auto (latest in output_dir if any) | never | PATH to a run/checkpoint
@@ -68,6 +72,8 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
+    RANGES: ClassVar[dict[str, str]] = {"every": "[0, inf)", "max_batches": "[0, inf)"}
+
     every: int = 500  # optimizer steps; 0 disables periodic eval (a final eval still runs)
     max_batches: int = 50  # per rank
 
@@ -76,17 +82,23 @@ class EvalConfig:
 
 @dataclass
 class MetricsConfig:
+    RANGES: ClassVar[dict[str, str]] = {"log_every": "[1, inf)", "peak_tflops": "(0, inf)"}
+
     log_every: int = 10
     peak_tflops: float | None = None  # per device, for MFU; None: a known GPU's bf16 peak, none on CPU
 
 
 @dataclass
 class DebugConfig:
+    RANGES: ClassVar[dict[str, str]] = {"exit_after_step": "[1, inf)"}
+
     exit_after_step: int | None = None  # hard-exit every rank after this step (tests crash + resume)
 
 
 @dataclass
 class PretrainConfig:
+    RANGES: ClassVar[dict[str, str]] = {"seed": "[0, inf)", "max_steps": "[1, inf)"}
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
