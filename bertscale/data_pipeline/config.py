@@ -54,16 +54,6 @@ class PairsConfig:
     whole_word_masking: bool = False
     random_doc_pool: int = 100_000  # documents eligible as the source of a random B (seeded sample)
 
-    def __post_init__(self) -> None:
-        if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.dupe_factor < 1 or self.max_predictions_per_seq < 1:
-            raise ValueError("dupe_factor and max_predictions_per_seq must be >= 1")
-
 
 @dataclass
 class SplitConfig:
@@ -73,11 +63,26 @@ class SplitConfig:
     samples_per_shard: int = 1000
     remainder: Literal["drop", "pad"] = "drop"  # the last partial shard: dropped, or padded by repeats
 
+
+@dataclass
+class DedupConfig:
+    """Document-level deduplication (off by default: on the demo corpus it costs more than it
+    saves, see README) and the contamination report."""
+
+    exact: bool = False  # drop a document whose text equals an earlier one's
+    near: bool = False  # drop a document that MinHash LSH finds similar to an earlier one
+    threshold: float = 0.8  # Jaccard similarity of word shingles that counts as near-duplicate
+    num_perm: int = 128  # MinHash permutations
+    shingle_words: int = 5
+    # fine-tuning test files (text, one example per line): report their n-grams found in the corpus
+    contamination: list[str] = field(default_factory=list)
+    contamination_ngram: int = 13
+
     def __post_init__(self) -> None:
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.num_perm < 2 or self.shingle_words < 1 or self.contamination_ngram < 1:
+            raise ValueError("num_perm must be >= 2, shingle_words and contamination_ngram >= 1")
 
 
 @dataclass
@@ -90,6 +95,7 @@ class PipelineConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     num_workers: int = 2  # Ray tasks in flight per stage; results never depend on it
     seed: int = 12345
     on_bad_input: Literal["skip", "fail"] = "skip"

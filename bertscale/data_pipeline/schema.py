@@ -224,7 +224,20 @@ class Manifest:
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:
             raise DataError(f"{Path(root) / MANIFEST_NAME}: no split '{split}' (has {sorted(self.splits)})")
-        return [Path(root) / s.name for s in self.splits[split].shards]
+        return [shard_path(root, s.name) for s in self.splits[split].shards]
+
+
+def shard_path(root: str | Path, name: str) -> Path:
+    """``root / name``, confined to ``root``: a manifest may not point at other files (``..``, an
+    absolute path, a symlink leading out), whoever wrote it."""
+    path = Path(root) / name
+    if not _is_plain_name(name) or not path.resolve().is_relative_to(Path(root).resolve()):
+        raise DataError(f"{Path(root) / MANIFEST_NAME}: shard '{name}' lies outside {root}")
+    return path
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -238,6 +251,9 @@ def load_manifest(root: str | Path) -> Manifest:
         splits = {}
         for name, split in data.pop("splits").items():
             shards = [ShardInfo(**s) for s in split["shards"]]
+            for shard in shards:
+                if not isinstance(shard.name, str) or not _is_plain_name(shard.name):
+                    raise DataError(f"{path}: shard name {shard.name!r} is not a file name in {root}")
             splits[name] = SplitInfo(samples_per_shard=split["samples_per_shard"], shards=shards)
         return Manifest(splits=splits, **data)
     except DataError:

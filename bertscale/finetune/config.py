@@ -16,10 +16,10 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 
 @dataclass
-class ModelConfig:
+class FinetuneModelConfig:
     RANGES: ClassVar[dict[str, str]] = {"classifier_dropout": "[0, 1)"}
 
-    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.pretrain.checkpoint.load_pretrained).
+    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.model_dir.load_pretrained).
     checkpoint: str | None = None
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
     # weights (the baseline that shows what pretraining buys).
@@ -92,7 +92,7 @@ class FinetuneConfig:
     RANGES: ClassVar[dict[str, str]] = {"max_seq_length": "[8, inf)", "seed": "[0, inf)"}
 
     task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     max_seq_length: int = 128
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -101,6 +101,9 @@ class FinetuneConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="bertscale-finetune"))
     seed: int = 0
+    # several seeds: one run per seed into {output_dir}/seed_N, then the median and spread of each
+    # final metric (bertscale.finetune.seeds); `seed` is then unused
+    seeds: list[int] = field(default_factory=list)
     output_dir: str = "runs/finetune"
     overwrite: bool = False  # a non-empty output_dir: replace this job's files in it (others are kept)
 
@@ -112,6 +115,8 @@ class FinetuneConfig:
             raise ValueError("model.checkpoint is required unless model.init=random")
         if self.model.checkpoint is None and self.model.tokenizer is None:
             raise ValueError("model.tokenizer is required when there is no model.checkpoint")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed")
 
     def _check_task_matches_data(self) -> None:
         """CoNLL files hold one label per word, the other formats one per text: refuse a mismatch

@@ -19,7 +19,7 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 
 @dataclass
-class ModelConfig(BertConfig):
+class PretrainModelConfig(BertConfig):
     """BertConfig fields; ``vocab_size`` left unset is taken from the shard manifest."""
 
     vocab_size: int | None = None  # type: ignore[assignment]
@@ -45,11 +45,6 @@ class DataConfig:
     mlm_probability: float = 0.15  # dynamic masking only
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
 
-    def __post_init__(self) -> None:
-        if self.micro_batch_size < 1 or self.num_workers < 0:
-            raise ValueError("micro_batch_size must be >= 1 and num_workers >= 0")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
 
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 
@@ -99,7 +94,7 @@ class DebugConfig:
 class PretrainConfig:
     RANGES: ClassVar[dict[str, str]] = {"seed": "[0, inf)", "max_steps": "[1, inf)"}
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -113,10 +108,6 @@ class PretrainConfig:
     overwrite: bool = False  # a non-empty output_dir that is not this run's: write into it anyway
     seed: int = 1234
     max_steps: int = 1000  # optimizer steps
-
-    def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.metrics.log_every < 1:
-            raise ValueError("max_steps and metrics.log_every must be >= 1")
 
 
 def load_pretrain_config(
