@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
-from bertscale.data_pipeline import sources, spill
+from bertscale.data_pipeline import r_datasets, sources, spill
 from bertscale.data_pipeline.config import PairsConfig, PipelineConfig
 from bertscale.data_pipeline.instances import Corpus, range_samples
 from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
@@ -213,6 +213,21 @@ def _raw_documents(cfg: PipelineConfig, skips: _Skips) -> Iterator[sources.RawDo
             skips.add(path, str(err))
         except OSError as err:
             skips.add(path, f"unreadable ({err.strerror or err})")
+    line_files, missing_lines = sources.expand_inputs(cfg.inputs.line_documents)
+    for item in missing_lines:
+        skips.add(item["path"], item["reason"])
+    for path in line_files:
+        try:
+            yield from sources.read_line_documents(path)
+        except DataError as err:
+            skips.add(path, str(err))
+        except OSError as err:
+            skips.add(path, f"unreadable ({err.strerror or err})")
+    for spec in cfg.inputs.r_datasets:
+        try:
+            yield from r_datasets.iter_r_texts(spec)
+        except DataError as err:
+            skips.add(f"r://{spec}", str(err))
 
 
 def _batches(raws: Iterator[sources.RawDocument], limit: int | None) -> Iterator[list[sources.RawDocument]]:
@@ -276,8 +291,11 @@ def _stages(
 
     # 1. read and clean: the driver streams raw pages, workers run mwparserfromhell + sentence split
     refs, sizes, clean_files = [], [], []
+    read_from: dict[str, int] = {}  # documents read per input (file, or r://package/dataset)
     with tqdm(desc="read", unit="doc", **bar) as read_bar:
         for batch in _batches(_raw_documents(cfg, skips), cfg.inputs.max_documents):
+            for raw in batch:
+                read_from[raw.source] = read_from.get(raw.source, 0) + 1
             clean_files.append(spill_dir / f"clean-{len(clean_files):06d}.bin")
             refs.append(_clean_task.remote(batch, cfg.inputs.min_sentence_chars, clean_files[-1]))
             sizes.append(len(batch))
@@ -287,7 +305,9 @@ def _stages(
     cleaned = _gather(refs, sizes, tqdm(total=sum(sizes), desc="clean", unit="doc", **bar))
     sentences_per_file = [n for _, n in cleaned]
     if sum(d for d, _ in cleaned) == 0:
-        raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+        raise DataError(
+            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets)"
+        )
     clock.lap("read_clean")
 
     # 2. tokenizer: trained once on the driver (sentences read back from the spill), or loaded
@@ -377,6 +397,7 @@ def _stages(
             "pairs": len(samples),
             "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
             "validation_documents": num_val,
+            "sources": read_from,
         },
         skipped=skips.items,
         dropped_samples=dropped,

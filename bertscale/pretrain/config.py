@@ -52,10 +52,18 @@ class DataConfig:
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 
 
+@dataclass
+class PretrainScheduleConfig(ScheduleConfig):
+    # A token budget (non-padding tokens, all ranks): the decay ends and training stops when it is
+    # used up (max_steps still caps). Counted in samples at the split's mean tokens per sample
+    # (manifest), checkpointed, so a resumed run ends at the same point.
+    budget_tokens: int | None = None
 
-
-
-
+    def __post_init__(self) -> None:
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise ValueError("schedule.budget_tokens must be >= 1")
+        if self.budget_tokens is not None and self.total_steps is not None:
+            raise ValueError("schedule.budget_tokens and schedule.total_steps both end the decay: set one")
 
 
 @dataclass
@@ -70,8 +78,6 @@ class CheckpointConfig:
 class EvalConfig:
     every: int = 500  # optimizer steps; 0 disables periodic eval (a final eval still runs)
     max_batches: int = 50  # per rank
-
-
 
 
 @dataclass
@@ -90,7 +96,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: PretrainScheduleConfig = field(default_factory=PretrainScheduleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -14,7 +14,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.schema import TOKENIZER_NAME, Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
 from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
@@ -57,6 +57,25 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
     }
 
 
+def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
+    """``schedule.budget_tokens`` in samples of the training split (its mean tokens per sample)."""
+    budget = cfg.schedule.budget_tokens
+    split = manifest.splits.get(cfg.data.split)
+    if budget is None or split is None or not split.samples:
+        return None  # no budget; a missing split is reported by the reader
+    samples = max(1, round(budget * split.samples / split.tokens))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.data.micro_batch_size * cfg.engine.gradient_accumulation_steps * world
+    warmup = cfg.schedule.warmup_steps * per_step
+    if samples <= warmup:
+        raise ConfigError(
+            f"schedule.budget_tokens={budget} ({samples} samples at {split.tokens / split.samples:.1f} "
+            f"tokens each) ends before the {cfg.schedule.warmup_steps} warmup steps ({warmup} samples "
+            f"at {per_step} per step)"
+        )
+    return samples
+
+
 def main(cfg: PretrainConfig) -> TrainState:
     # user input is checked before any process group exists: a bad path fails fast and clearly
     manifest = load_manifest(cfg.data.shards)
@@ -71,6 +90,7 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
+    budget_samples = token_budget_samples(cfg, manifest)
     init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
 
     dist = init_distributed()
@@ -87,7 +107,13 @@ def main(cfg: PretrainConfig) -> TrainState:
             raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
         log.info("initialised weights from %s", cfg.checkpoint.init_from)
     engine = create_engine(
-        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps
+        model,
+        cfg.engine,
+        cfg.optimizer,
+        cfg.schedule,
+        cfg.data.micro_batch_size,
+        cfg.max_steps,
+        budget_samples=budget_samples,
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
@@ -156,6 +182,14 @@ def main(cfg: PretrainConfig) -> TrainState:
         )
 
     stop_at = cfg.max_steps
+    if budget_samples is not None:  # the budget ends the run; the scheduler knows how far it is
+        stop_at = min(stop_at, state.step + engine.lr_scheduler.steps_left())
+        log.info(
+            "token budget %d = %d samples: training stops at step %d",
+            cfg.schedule.budget_tokens,
+            budget_samples,
+            stop_at,
+        )
     if cfg.debug.exit_after_step is not None:
         stop_at = min(stop_at, cfg.debug.exit_after_step)
     status = "FAILED"
