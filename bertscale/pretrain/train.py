@@ -60,6 +60,31 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
     }
 
 
+MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
+
+
+def majority_baselines(batches: list[dict[str, torch.Tensor]], vocab_size: int, device) -> dict[str, float]:
+    """Accuracy of a constant answer on the validation batches of all ranks: always the most frequent
+    masked target token (MLM), always the more frequent label (NSP). What learning must beat."""
+    counts = torch.zeros(vocab_size + 2, dtype=torch.float64)  # per target id, then NSP labels 0/1
+    for batch in batches:
+        targets = batch["labels"][batch["labels"] >= 0]
+        counts[:vocab_size] += torch.bincount(targets, minlength=vocab_size)[:vocab_size].double()
+        counts[vocab_size:] += torch.bincount(batch["next_sentence_label"], minlength=2)[:2].double()
+    counts = counts.to(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    mlm, nsp = counts[:vocab_size], counts[vocab_size:]
+    if not nsp.sum():
+        return {}
+    return {
+        "eval_mlm_baseline_accuracy": float(mlm.max() / mlm.sum().clamp(min=1)),
+        "eval_nsp_baseline_accuracy": float(nsp.max() / nsp.sum()),
+        "eval_sequences": float(nsp.sum()),
+        "eval_masked_tokens": float(mlm.sum()),
+    }
+
+
 def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
     """``schedule.budget_tokens`` in samples of the training split (its mean tokens per sample)."""
     budget = cfg.schedule.budget_tokens
@@ -155,6 +180,21 @@ def main(cfg: PretrainConfig) -> TrainState:
         else []
     )
 
+    baselines = majority_baselines(validation, bert_config.vocab_size, engine.device) if validation else {}
+    if validation and baselines.get("eval_sequences", 0) < MIN_EVAL_SEQUENCES:
+        log.warning(
+            "%s split %s: %d sequences evaluated (eval.max_batches=%d): accuracy is too noisy to compare "
+            "runs below %d",
+            cfg.data.eval_split,
+            cfg.data.shards,
+            baselines.get("eval_sequences", 0),
+            cfg.eval.max_batches,
+            MIN_EVAL_SEQUENCES,
+        )
+
+    def evaluate_with_baselines() -> dict[str, float]:
+        return {**evaluate(engine, validation), **baselines}
+
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
         save_config(cfg, output_dir / "config.yaml")
@@ -205,7 +245,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             max_steps=stop_at,
             tracker=tracker,
             step_metrics=pretraining_losses,
-            evaluate=(lambda: evaluate(engine, validation)) if validation else None,
+            evaluate=evaluate_with_baselines if validation else None,
             eval_every=cfg.eval.every,
             save=save,
             save_every=cfg.checkpoint.save_every,
@@ -220,7 +260,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
             tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
-            tracker.log_metrics(state.step, evaluate(engine, validation))
+            tracker.log_metrics(state.step, evaluate_with_baselines())
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"

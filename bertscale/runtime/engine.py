@@ -118,6 +118,8 @@ def create_engine(
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = True
+    if accelerator.device_name() == "cuda":  # on the device first, so AdamW can use its fused kernel
+        model.to(accelerator.current_device_name())
     optimizer = build_optimizer(model, optimizer_cfg)
     world = dist.get_world_size() if dist.is_initialized() else 1
     samples_per_step = micro_batch_size * engine_cfg.gradient_accumulation_steps * world

@@ -2,7 +2,7 @@
 
 Public API:
     param_groups(model, weight_decay)            no decay for biases and LayerNorm weights
-    build_optimizer(model, cfg: OptimizerConfig)  torch AdamW or LAMB (below)
+    build_optimizer(model, cfg: OptimizerConfig)  torch AdamW (fused when the model is on CUDA) or LAMB
     lr_lambda(cfg: ScheduleConfig, max_steps)    step -> multiplier: linear warmup, then decay
     BudgetLR(optimizer, cfg, budget_samples, samples_per_step)
                                                  warmup in steps, then decay to the end of a sample budget
@@ -72,7 +72,9 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # on CUDA torch's fused kernel updates every tensor in one launch (no per-parameter loop)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def _decayed(cfg: ScheduleConfig, progress: float) -> float:

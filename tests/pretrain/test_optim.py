@@ -135,3 +135,13 @@ def test_budget_ending_before_warmup_is_refused():
     opt = build_optimizer(tiny_model(), OptimizerConfig(lr=1e-3))
     with pytest.raises(ValueError, match="ends before the 10 warmup steps"):
         BudgetLR(opt, ScheduleConfig(warmup_steps=10), budget_samples=320, samples_per_step=32)
+
+
+def test_adamw_is_fused_exactly_when_the_parameters_are_on_cuda():
+    assert not build_optimizer(tiny_model(), OptimizerConfig()).defaults["fused"]  # CPU: the plain loop
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adamw_fused_on_cuda():
+    assert build_optimizer(tiny_model().cuda(), OptimizerConfig()).defaults["fused"] is True
