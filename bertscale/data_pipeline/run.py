@@ -30,9 +30,17 @@ from tqdm import tqdm
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
 from bertscale.data_pipeline import sources, spill
-from bertscale.data_pipeline.config import PairsConfig, PipelineConfig
-from bertscale.data_pipeline.instances import Corpus, range_samples
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
+from bertscale.data_pipeline.schema import (
+    MANIFEST_NAME,
+    SPLITS,
+    TOKENIZER_NAME,
+    Manifest,
+    SplitInfo,
+    masking_vocab,
+    special_token_ids,
+)
 from bertscale.data_pipeline.shards import SampleBatch, plan_shards, write_manifest, write_split
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
@@ -69,10 +77,7 @@ def _encode(
     return tokens, lengths[lengths > 0], per_doc
 
 
-def sample_blocks(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray,
-) -> Iterator[SampleBatch]:  # fmt: skip
+def sample_blocks(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> Iterator[SampleBatch]:
     """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
     ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
     blocking changes no byte)."""
@@ -82,17 +87,12 @@ def sample_blocks(
     )
     cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
     for a, b in itertools.pairwise(cuts.tolist()):
-        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
+        yield SampleBatch.from_arrays(range_samples(corpus, a, b, recipe))
 
 
-def build_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray,
-) -> SampleBatch:  # fmt: skip
+def build_samples(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> SampleBatch:
     """:func:`sample_blocks` in memory, as one batch."""
-    return SampleBatch.concatenate(
-        list(sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start))
-    )
+    return SampleBatch.concatenate(list(sample_blocks(corpus, first, last, recipe)))
 
 
 # --- Ray tasks (module level so workers import them by name): results go to spill files -------
@@ -121,14 +121,9 @@ def _encode_files(model_proto: bytes, paths: list[Path], spill_dir: Path, part: 
     return np.concatenate([np.zeros(0, np.int64), *doc_tokens])
 
 
-def _spill_samples(
-    spill_dir: Path, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray, path: Path,
-) -> SampleBatch:  # fmt: skip
+def _spill_samples(spill_dir: Path, first: int, last: int, recipe: SampleRecipe, path: Path) -> SampleBatch:
     corpus = spill.load_corpus(spill_dir)
-    return spill.spill_records(
-        sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start), path
-    )
+    return spill.spill_records(sample_blocks(corpus, first, last, recipe), path)
 
 
 # named after the stage functions they run (what `ps` shows as ray::<name>)
@@ -320,20 +315,11 @@ def _stages(
         pool = np.sort(
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
-    word_start = word_start_table(sp)
+    vocab = masking_vocab(vocab_size, special_token_ids())
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, vocab, cfg.seed, word_start_table(sp)))
     parts = _ranges(doc_tokens, workers * TASKS_PER_WORKER)
     refs = [
-        _samples_task.remote(
-            spill_dir,
-            a,
-            b,
-            pool,
-            cfg.pairs,
-            vocab_size,
-            cfg.seed,
-            word_start,
-            spill_dir / f"records-{i:06d}.bin",
-        )
+        _samples_task.remote(spill_dir, a, b, recipe, spill_dir / f"records-{i:06d}.bin")
         for i, (a, b) in enumerate(parts)
     ]
     produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
