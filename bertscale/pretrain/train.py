@@ -14,10 +14,11 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
-from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
+from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
+from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, StreamState, eval_batches
 from bertscale.runtime.engine import all_reduce_sum, build_ds_config, create_engine, init_distributed
@@ -35,25 +36,27 @@ def pretraining_losses(output: BertForPreTrainingOutput) -> dict[str, torch.Tens
 def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """MLM and NSP accuracy (and losses) over the fixed validation batches of all ranks."""
     engine.eval()
-    sums = [0.0] * 6  # mlm correct, masked tokens, nsp correct, sequences, mlm loss sum, nsp loss sum
+    local = dict.fromkeys(("mlm_correct", "masked", "nsp_correct", "sequences", "mlm_loss", "nsp_loss"), 0.0)
     for batch in batches:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         out = engine(**batch)
-        masked = out.masked_lm_labels.numel()
-        sums[0] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
-        sums[1] += masked
-        sums[2] += float((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-        sums[3] += batch["next_sentence_label"].numel()
-        sums[4] += float(out.mlm_loss) * masked
-        sums[5] += float(out.nsp_loss) * batch["next_sentence_label"].numel()
-    mlm_ok, masked, nsp_ok, seqs, mlm_loss, nsp_loss = all_reduce_sum(sums, engine.device)
-    if not seqs:
+        masked, sequences = out.masked_lm_labels.numel(), batch["next_sentence_label"].numel()
+        local["mlm_correct"] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
+        local["masked"] += masked
+        local["nsp_correct"] += float(
+            (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+        )
+        local["sequences"] += sequences
+        local["mlm_loss"] += float(out.mlm_loss) * masked  # the losses are means: summed back per item
+        local["nsp_loss"] += float(out.nsp_loss) * sequences
+    total = dict(zip(local, all_reduce_sum(list(local.values()), engine.device), strict=True))
+    if not total["sequences"]:
         return {}
     return {
-        "eval_mlm_accuracy": mlm_ok / masked,
-        "eval_nsp_accuracy": nsp_ok / seqs,
-        "eval_mlm_loss": mlm_loss / masked,
-        "eval_nsp_loss": nsp_loss / seqs,
+        "eval_mlm_accuracy": total["mlm_correct"] / total["masked"],
+        "eval_nsp_accuracy": total["nsp_correct"] / total["sequences"],
+        "eval_mlm_loss": total["mlm_loss"] / total["masked"],
+        "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
 
 
@@ -71,7 +74,8 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
-    init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
+    init_weights = load_pretrained(cfg.checkpoint.init_from).state_dict if cfg.checkpoint.init_from else None
+    tokenizer = find_tokenizer(cfg.data.shards)
 
     dist = init_distributed()
     logging.basicConfig(
@@ -109,7 +113,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         masked_lm_prob=cfg.data.masked_lm_prob,
         max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
-        max_seq_length=bert_config.max_position_embeddings,
+        max_position_embeddings=bert_config.max_position_embeddings,
         state=data_state,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
     )
@@ -147,7 +151,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             s.step,
             bert_config=bert_config,
             run_config=cfg,
-            tokenizer=cfg.data.shards / TOKENIZER_NAME,
+            tokenizer=tokenizer,
             trainer_state={
                 "tokens": s.tokens,
                 "world_size": dist.world_size,
@@ -191,8 +195,8 @@ def main(cfg: PretrainConfig) -> TrainState:
         if dist.rank == 0:
             for artifact in ("config.yaml", "ds_config.json", "metrics.jsonl"):
                 tracker.log_artifact(output_dir / artifact)
-            latest = checkpoints / "latest"
+            latest = checkpoints / LATEST
             if latest.is_file():
-                tracker.log_artifact(checkpoints / latest.read_text().strip() / "bert_config.json")
+                tracker.log_artifact(checkpoints / latest.read_text().strip() / CONFIG)
         tracker.close(status)
     return state

@@ -15,7 +15,7 @@ from bertscale.config import load_config
 from bertscale.errors import CheckpointError, ConfigError, run_cli
 from bertscale.finetune.__main__ import main as cli_main
 from bertscale.finetune.checkpoint import init_encoder, load_base, load_finetuned
-from bertscale.finetune.config import FinetuneConfig, ModelConfig
+from bertscale.finetune.config import FinetuneConfig, FinetuneModelConfig
 from bertscale.finetune.data import eval_batches, load_task_data, load_tokenizer
 from bertscale.finetune.evaluate import evaluate
 from bertscale.finetune.heads import BertForTokenClassification
@@ -98,7 +98,8 @@ ZERO_CHECKPOINT = textwrap.dedent(
     import torch
     from bertscale.pretrain.checkpoint import save_checkpoint
     from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
-from bertscale.pretrain.config import PretrainConfig
+    from bertscale.pretrain.config import PretrainConfig
+    from bertscale.model_dir import Tokenizer
     from bertscale.runtime.engine import create_engine, init_distributed
     from bertscale.model import BertConfig, BertForPreTraining
 
@@ -110,7 +111,7 @@ from bertscale.pretrain.config import PretrainConfig
     engine = create_engine(BertForPreTraining(config), EngineConfig(zero_stage=2), OptimizerConfig(),
                            ScheduleConfig(), 2, 10)
     step = save_checkpoint(engine, out / "checkpoints", 10, bert_config=config, run_config=PretrainConfig(),
-                           tokenizer=src / "tokenizer.model", trainer_state={"data": None}, keep_last=1)
+                           tokenizer=Tokenizer.from_path(src / "tokenizer.model"), trainer_state={"data": None}, keep_last=1)
     torch.save({k: v.clone() for k, v in engine.module.state_dict().items()}, out / "reference.pt")
     (step / "model.safetensors").unlink()  # readers must now gather the ZeRO shards
     """
@@ -141,8 +142,8 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
         any(deepspeed_dir.rglob("*optim_states.pt"))
         and not (deepspeed_dir.parent / "model.safetensors").exists()
     )
-    base = load_base(ModelConfig(checkpoint=str(deepspeed_dir)))
-    assert base.tokenizer == deepspeed_dir.parent / "tokenizer.model"
+    base = load_base(FinetuneModelConfig(checkpoint=str(deepspeed_dir)))
+    assert base.tokenizer.files == (deepspeed_dir.parent / "tokenizer.model",)
     model = BertForTokenClassification(base.config, num_labels=3)
     init_encoder(model, base.weights, base.source)
     reference = torch.load(zero_checkpoint / "reference.pt", weights_only=True)
@@ -223,4 +224,4 @@ def test_config_rules():
     assert cfg.task == "token_classification" and cfg.dataset.name == "optimus_ner"
     assert cfg.optimizer.lr == pytest.approx(5e-4) and cfg.mlflow.experiment == "bertscale-finetune"
     with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor a DeepSpeed checkpoint"):
-        load_base(ModelConfig(checkpoint=str(ROOT / "bertscale" / "finetune" / "configs")))
+        load_base(FinetuneModelConfig(checkpoint=str(ROOT / "bertscale" / "finetune" / "configs")))
