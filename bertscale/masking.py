@@ -171,9 +171,17 @@ def mask_sequence(
     input_ids: np.ndarray, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
     max_predictions: int | None = None, word_start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """One fresh draw for one sequence (dynamic masking) → (model input_ids, labels)."""
-    lengths = np.array([len(input_ids)])
-    positions, ids, _ = mask_flat(
-        input_ids, lengths, [(rng, 1)], 1, masked_lm_prob, max_predictions, vocab, word_start
-    )  # fmt: skip
-    return apply_mask(input_ids, positions, ids)
+    """One fresh draw for one sequence (dynamic masking) → (model input_ids, labels).
+
+    The rule of :func:`mask_flat` (same candidates, count and 80/10/10), drawn per sequence: for a
+    single row numpy's own subset draw is several times cheaper than the vectorised Floyd steps.
+    """
+    candidates = np.flatnonzero(~vocab.is_special[input_ids])
+    count = int(num_predictions(np.array([len(candidates)]), masked_lm_prob, max_predictions)[0])
+    if word_start is not None and count:
+        chosen = _choose_whole_words(count, rng, _word_groups(candidates, input_ids, word_start))
+    else:
+        chosen = rng.choice(candidates, size=count, replace=False)
+    positions = np.sort(chosen)
+    roll, pick = rng.random((2, count))
+    return apply_mask(input_ids, positions, replacement(roll, pick, input_ids[positions], vocab))

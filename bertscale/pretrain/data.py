@@ -194,7 +194,9 @@ class PretrainBatches:
             ids, labels = mask_static(sample, draw=epoch)
         else:  # keyed by (seed, epoch, sample) so a resumed run redraws exactly the same masks
             rng = np.random.default_rng([self.seed, epoch, zlib.crc32(sample.key.encode())])
-            ids, labels = mask_dynamic(sample, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq)
+            ids, labels = mask_dynamic(
+                sample, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq
+            )
         return ids, labels, sample.token_type_ids, sample.next_sentence_label
 
     def read_batches(self, reader: int, position: ReaderPosition) -> Iterator[Batch]:

@@ -60,3 +60,17 @@ def test_a_draw_depends_only_on_its_generator() -> None:
     c = mask_sequence(sequence, np.random.default_rng([5, 8]), WORDPIECE, 0.15)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[1], c[1])
+
+
+def test_dynamic_whole_word_draw_cuts_at_most_one_word() -> None:
+    rng = np.random.default_rng(3)
+    word_start = np.arange(1000) % 4 == 0  # one id in four begins a word
+    for sequence in wordpiece_sequences(rng, 200):
+        _, labels = mask_sequence(sequence, rng, WORDPIECE, 0.15, word_start=word_start)
+        candidates = np.flatnonzero(~WORDPIECE.is_special[sequence])
+        assert (labels != IGNORE_INDEX).sum() == max(1, round(0.15 * len(candidates)))
+        starts = word_start[sequence[candidates]] | (np.diff(candidates, prepend=-2) != 1)
+        word_of = np.cumsum(starts)
+        chosen = labels[candidates] != IGNORE_INDEX
+        partial = [w for w in np.unique(word_of[chosen]) if not chosen[word_of == w].all()]
+        assert len(partial) <= 1
