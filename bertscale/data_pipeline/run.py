@@ -31,7 +31,16 @@ from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
 from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from bertscale.data_pipeline.instances import SampleRecipe
+from bertscale.data_pipeline.schema import (
+    MANIFEST_NAME,
+    SPLITS,
+    TOKENIZER_NAME,
+    Manifest,
+    SplitInfo,
+    masking_vocab,
+    special_token_ids,
+)
 from bertscale.data_pipeline.shards import write_manifest
 from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
 from bertscale.data_pipeline.tokenizer import (
@@ -534,9 +543,10 @@ def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> di
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
     sp = processor(model_proto)
-    vocab_size, word_start = sp.get_piece_size(), word_start_table(sp)
+    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, vocab, cfg.seed, word_start_table(sp)))
     refs = [
-        _samples_task.remote(stage.spill_dir, i, a, b, pool, cfg.pairs, vocab_size, cfg.seed, word_start)
+        _samples_task.remote(stage.spill_dir, i, a, b, recipe)
         for i, (a, b) in enumerate(corpus["ranges"])
     ]
     produced = stage.gather(refs, [b - a for a, b in corpus["ranges"]], "pairs", "doc")
