@@ -3,8 +3,10 @@ key of a section keeps that section's other defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ FT = ["model.checkpoint=x"]
 def test_out_of_range_values_name_the_key(cls, override, key):
     with pytest.raises(ConfigError, match=rf"^defaults \+ overrides: '{key}(\[1\])?' must be in "):
         load_config(cls, None, [*(FT if cls is FinetuneConfig else []), override])
+
+
+def _sections(cls: type) -> list[type]:
+    hints = typing.get_type_hints(cls)
+    nested = [hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    return [cls, *(section for tp in nested for section in _sections(tp))]
+
+
+def test_every_range_names_a_numeric_field():
+    for root in (PipelineConfig, PretrainConfig, FinetuneConfig):
+        for section in _sections(root):
+            hints = typing.get_type_hints(section)
+            for name in getattr(section, "RANGES", {}):
+                kind = str(hints.get(name))
+                assert "int" in kind or "float" in kind, f"{section.__name__}.RANGES: {name} ({kind})"
 
 
 def test_defaults_are_in_range_and_help_shows_ranges():
