@@ -33,7 +33,7 @@ from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
 from bertscale.data_pipeline.shards import write_manifest
-from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
+from bertscale.data_pipeline.stages import Chunk, ReadUnit
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
     model_sha256,
@@ -42,8 +42,6 @@ from bertscale.data_pipeline.tokenizer import (
     word_start_table,
 )
 from bertscale.errors import DataError
-
-__all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
 
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 RANGE_BYTES = 64 << 20  # compressed bytes of a multistream dump per read task, at most
@@ -129,7 +127,9 @@ def _sees_task(marker: str, token: str) -> str | None:
 def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> Path:
     """Build the dataset described by ``cfg``; returns the output directory.
 
-    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py).
+    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py):
+    read_clean, dedup, tokenizer, encode, join, pairs, plan, shards, write (tokenizer file,
+    manifest, publishing).
     """
     output = Path(cfg.output_dir)
     if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
@@ -193,8 +193,8 @@ class _Clock:
 class _Stage:
     """What the stages share: the config, the spill directory, progress bars, skips."""
 
-    def __init__(self, cfg: PipelineConfig, spill_dir: Path) -> None:
-        self.cfg, self.spill_dir = cfg, spill_dir
+    def __init__(self, cfg: PipelineConfig, spill_dir: Path, clock: _Clock) -> None:
+        self.cfg, self.spill_dir, self.clock = cfg, spill_dir, clock
         self.parts = cfg.num_workers * TASKS_PER_WORKER
         self.skips = _Skips(cfg.on_bad_input == "fail")
         self._bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
@@ -229,7 +229,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
         spill_dir.mkdir()
         try:
             check_shared(spill_dir, output)
-            stage = _Stage(cfg, spill_dir)
+            stage = _Stage(cfg, spill_dir, clock)
             chunks = read_stage(stage)
             clock.lap("read_clean")
             chunks, duplicates = dedup_stage(stage, chunks)
@@ -238,10 +238,11 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             model_proto = tokenize_stage(stage, chunks, model_proto)
             clock.lap("tokenizer")
             corpus = encode_stage(stage, chunks, model_proto)
-            clock.lap("encode")
+            clock.lap("join")
             samples = pairs_stage(stage, corpus, model_proto)
             clock.lap("pairs")
             splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
+            clock.lap("shards")
             with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
                 f.write(model_proto)
             manifest = Manifest(
@@ -306,6 +307,8 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
     for item in missing_wiki + missing_books:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
+    listed = {str(index) for index in indexes.values() if index is not None}
+    wiki_files = [path for path in wiki_files if path not in listed]  # a glob may match the indexes too
     refs = {
         path: _multistream_task.remote(path, index, stage.parts)
         for path, index in indexes.items()
@@ -504,6 +507,7 @@ def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict
     ]
     sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
     stage.gather(refs, sizes, "encode", "doc")
+    stage.clock.lap("encode")
     sentences, doc_ranges = _get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
     for chunk in chunks:
         chunk.path.unlink()  # the text is no longer needed; only ids go on
@@ -546,6 +550,7 @@ def shards_stage(
     """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
     cfg = stage.cfg
     plans = _get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
+    stage.clock.lap("plan")
     infos: dict[str, SplitInfo] = {}
     refs, sizes, owners = [], [], []
     for split in SPLITS:
