@@ -141,7 +141,14 @@ from bertscale.data_pipeline.run import run_pipeline
 from bertscale.data_pipeline.schema import load_manifest
 
 cfg = load_config(PipelineConfig, sys.argv[1])
-ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level="WARNING")
+for attempt in range(3):  # on a crowded host the raylet may miss Ray's 30 s start-up window
+    try:
+        ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level="WARNING")
+        break
+    except Exception:
+        if attempt == 2:
+            raise
+        time.sleep(10)
 timings = {}
 cpu, wall = time.process_time(), time.perf_counter()
 run_pipeline(cfg, timings)

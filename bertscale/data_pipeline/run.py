@@ -407,9 +407,9 @@ def dedup_stage(stage: _Stage, chunks: list[Chunk]) -> tuple[list[Chunk], dict[s
     ]
     stage.gather(refs, [b - a for a, b in groups], "dedup", "file")
     bands, rows = dedup.lsh_bands(cfg)
-    exact_ref = _collision_task.remote(paths, [], rows, True) if cfg.exact else None
+    exact_ref = _collision_task.remote(paths, 0, 0, rows, True) if cfg.exact else None
     band_groups = _ranges(np.ones(bands), stage.parts) if cfg.near else []
-    near_refs = [_collision_task.remote(paths, list(range(a, b)), rows, False) for a, b in band_groups]
+    near_refs = [_collision_task.remote(paths, a, b, rows, False) for a, b in band_groups]
     exact = _get(exact_ref) if exact_ref is not None else np.zeros(0, np.int64)
     near = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *_get(near_refs)]), exact)
     drop = np.union1d(exact, near)
