@@ -43,9 +43,9 @@ import numpy as np
 from bertscale.config import load_config, save_config
 from bertscale.data_pipeline.__main__ import DEMO_CONFIG
 from bertscale.data_pipeline.config import PipelineConfig
-from bertscale.data_pipeline.instances import Corpus
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe
 from bertscale.data_pipeline.multistream import write_multistream
-from bertscale.data_pipeline.schema import TOKENIZER_NAME
+from bertscale.data_pipeline.schema import TOKENIZER_NAME, masking_vocab, special_token_ids
 from bertscale.data_pipeline.shards import plan_shards, write_split
 from bertscale.data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
 from bertscale.data_pipeline.stages import build_samples, encode_documents
@@ -54,26 +54,29 @@ from bertscale.data_pipeline.tokenizer import processor, word_start_table
 POST_PARSE = ("encode", "pairs", "write")
 
 
-def corpus_copies(work: Path, copies: int, multistream: bool) -> tuple[list[str], list[str]]:
-    """The demo inputs ``copies`` times under distinct names (each copy is its own documents). With
-    ``multistream`` each wiki copy is rewritten as a multistream dump of 10 pages per stream (how
-    Wikimedia ships full Wikipedia, 100 per stream there), so tasks read its byte ranges."""
+def corpus_copies(work: Path, copies: int, multistream: bool) -> list[dict[str, list[str]]]:
+    """The demo's file inputs (wiki dumps, books, one-document-per-line files; not its R packages)
+    ``copies`` times under distinct names, each copy its own documents → per copy {input kind:
+    paths}. With ``multistream`` each wiki dump is rewritten as a multistream dump of 10 pages per
+    stream (how Wikimedia ships full Wikipedia, 100 per stream there), so tasks read byte ranges."""
     demo = load_config(PipelineConfig, DEMO_CONFIG)
-    wiki, books = [], []
-    for kind, specs, out in (("wiki", demo.inputs.wiki, wiki), ("books", demo.inputs.books, books)):
-        files, missing = expand_inputs(specs)
+    out: list[dict[str, list[str]]] = [{} for _ in range(copies)]
+    for kind in ("wiki", "books", "line_documents"):
+        files, missing = expand_inputs(getattr(demo.inputs, kind))
         if missing:
             raise SystemExit(f"demo corpus missing ({missing}); pip install 'bertscale[corpora]'")
         for c in range(copies):
+            target = work / kind / f"copy{c}"
+            target.mkdir(parents=True, exist_ok=True)
+            out[c][kind] = []
             for f in files:
-                target = work / kind / f"copy{c}"
-                target.mkdir(parents=True, exist_ok=True)
                 if kind == "wiki" and multistream:
-                    out.append(str(write_multistream(bz2.decompress(Path(f).read_bytes()), target, 10)))
+                    xml = bz2.decompress(Path(f).read_bytes())
+                    out[c][kind].append(str(write_multistream(xml, target, 10, Path(f).name.split(".")[0])))
                 else:
                     (target / Path(f).name).symlink_to(f)
-                    out.append(str(target / Path(f).name))
-    return wiki, books
+                    out[c][kind].append(str(target / Path(f).name))
+    return out
 
 
 def documents_of(wiki: list[str], books: list[str], min_chars: int) -> list[list[str]]:
@@ -99,15 +102,15 @@ def single_core_cpu(
         cpu[stage] = min(cpu.get(stage, float("inf")), time.process_time() - start)
         return result
 
-    vocab_size, word_start = sp.get_piece_size(), word_start_table(sp)
+    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
     for r in range(repeats):
         raw_tokens = sum(
             map(len, timed("raw spm", partial(sp.encode, out_type=int, num_threads=1), sentences))
         )
         corpus = timed("encode", encode_corpus, model, documents)
         n = corpus.num_documents
-        args = (corpus, 0, n, np.arange(n), cfg.pairs, vocab_size, cfg.seed, word_start)
-        batch = timed("pairs", build_samples, *args)
+        recipe = SampleRecipe(cfg.pairs, np.arange(n), vocab, cfg.seed, word_start_table(sp))
+        batch = timed("pairs", build_samples, corpus, 0, n, recipe)
         plans, _ = plan_shards(np.arange(len(batch)), cfg.split.samples_per_shard, "drop", "train")
         timed("write", write_split, out / str(r), "train", batch, plans, cfg.split.samples_per_shard)
         assert len(corpus.tokens) == raw_tokens
@@ -174,11 +177,19 @@ TOKENS_PER_WORD = 1.3  # SentencePiece/WordPiece on English prose, roughly
 
 
 def measure(
-    work: Path, name: str, wiki: list[str], books: list[str], workers: int, model: Path | None
+    work: Path,
+    name: str,
+    copies: list[dict[str, list[str]]],
+    workers: int,
+    model: Path | None,
+    *overrides: str,
 ) -> dict:
-    """One pipeline run in a fresh process → its timings, CPU split, peak RSS and manifest inputs."""
-    cfg = load_config(PipelineConfig, DEMO_CONFIG, [f"num_workers={workers}", "progress=false"])
-    cfg.output_dir, cfg.inputs.wiki, cfg.inputs.books = str(work / name), wiki, books
+    """One pipeline run over ``copies`` in a fresh process → its timings, CPU split, peak RSS and
+    manifest inputs."""
+    cfg = load_config(PipelineConfig, DEMO_CONFIG, [f"num_workers={workers}", "progress=false", *overrides])
+    cfg.output_dir, cfg.inputs.r_datasets = str(work / name), []
+    for kind in copies[0]:
+        setattr(cfg.inputs, kind, [path for copy in copies for path in copy[kind]])
     cfg.tokenizer.model_path = str(model) if model else None
     save_config(cfg, work / f"{name}.yaml")
     done = subprocess.run(
@@ -224,6 +235,7 @@ def main() -> None:
     parser.add_argument("--rss-copies", type=int, nargs=2, default=[1, 8], help="corpus sizes for driver RSS")
     parser.add_argument("--repeats", type=int, default=2, help="runs per W; the best one counts")
     parser.add_argument("--cpu-ratio", action="store_true", help="also the single-core CPU ratio vs raw spm")
+    parser.add_argument("--plain", action="store_true", help="the demo dumps as shipped (one bz2 stream)")
     parser.add_argument(
         "--dedup", action="store_true", help="also one run with dedup.exact and dedup.near on"
     )
@@ -231,14 +243,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bertscale-bench-") as tmp:
         work = Path(tmp)
-        wiki, books = corpus_copies(work, max(args.copies, *args.rss_copies), not args.plain)
+        corpus = corpus_copies(work, max(args.copies, *args.rss_copies), not args.plain)
         kind = "single-stream" if args.plain else "multistream (10 pages per stream)"
         print(f"host has {os.cpu_count()} CPUs, load average {load()} at start; wiki dumps {kind}")
 
         # 3. driver peak RSS, the tokenizer trained by the pipeline (W=2)
         rss = {}
         for c in args.rss_copies:
-            rss[c] = measure(work, f"rss{c}", wiki[:c], books[:c], 2, None)
+            rss[c] = measure(work, f"rss{c}", corpus[:c], 2, None)
             r = rss[c]
             print(
                 f"  demo x{c}: {r['inputs']['tokens']:,} tokens, driver peak RSS {r['max_rss'] / 2**20:.0f} MiB,"
@@ -255,7 +267,7 @@ def main() -> None:
         best: dict[int, dict] = {}
         for r in range(args.repeats):
             for w in (1, 2):
-                run = measure(work, f"w{w}-{r}", wiki[: args.copies], books[: args.copies], w, model)
+                run = measure(work, f"w{w}-{r}", corpus[: args.copies], w, model)
                 stages = ", ".join(f"{k} {v:.2f}s" for k, v in run["timings"].items())
                 share = run["driver_cpu"] / (run["driver_cpu"] + run["worker_cpu"])
                 print(
@@ -282,7 +294,7 @@ def main() -> None:
         amdahl(one, rss[args.rss_copies[0]], cap)
 
         if args.dedup:  # what exact + near-duplicate removal costs, and what it finds, on this corpus
-            run = measure(work, "dedup", wiki[:1], books[:1], 2, model, "dedup.exact=true", "dedup.near=true")
+            run = measure(work, "dedup", corpus[:1], 2, model, "dedup.exact=true", "dedup.near=true")
             found = run["inputs"]["exact_duplicates"] + run["inputs"]["near_duplicates"]
             print(
                 f"dedup on demo x1 (W=2): {run['timings']['dedup']:.1f}s of {run['wall']:.1f}s wall;"
@@ -292,7 +304,7 @@ def main() -> None:
 
         if args.cpu_ratio:
             warm = load_config(PipelineConfig, DEMO_CONFIG)
-            documents = documents_of(wiki[:1], books[:1], warm.inputs.min_sentence_chars)
+            documents = documents_of(corpus[0]["wiki"], corpus[0]["books"], warm.inputs.min_sentence_chars)
             single_core_cpu(model.read_bytes(), documents, warm, work / "cpu", args.repeats)
 
 
