@@ -27,13 +27,22 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from bertscale.atomic import atomic_directory, atomic_write
+from bertscale.atomic import atomic_directory, atomic_write, prepare_output_dir
 from bertscale.config import to_dict
-from bertscale.data_pipeline import multistream, sources, spill, stages
+from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from bertscale.data_pipeline.instances import SampleRecipe
+from bertscale.data_pipeline.schema import (
+    SPLITS,
+    TOKENIZER_NAME,
+    Manifest,
+    SplitInfo,
+    is_dataset_file,
+    masking_vocab,
+    special_token_ids,
+)
 from bertscale.data_pipeline.shards import write_manifest
-from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
+from bertscale.data_pipeline.stages import Chunk, ReadUnit
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
     model_sha256,
@@ -42,8 +51,6 @@ from bertscale.data_pipeline.tokenizer import (
     word_start_table,
 )
 from bertscale.errors import DataError
-
-__all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
 
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 RANGE_BYTES = 64 << 20  # compressed bytes of a multistream dump per read task, at most
@@ -96,6 +103,11 @@ def _multistream_task(dump: str, index: Path, parts: int) -> tuple[list[ReadUnit
     return [ReadUnit("wiki", dump, a, b, header) for a, b in ranges], None
 
 
+_signature_task = ray.remote(num_cpus=1)(dedup.signatures).options(name="dedup_signatures")
+_collision_task = ray.remote(num_cpus=1)(dedup.collisions).options(name="dedup_collisions")
+_drop_task = ray.remote(num_cpus=1)(spill.drop_documents).options(name="drop_documents")
+_grams_task = ray.remote(num_cpus=1)(dedup.file_ngrams).options(name="contamination_ngrams")
+_overlap_task = ray.remote(num_cpus=1)(dedup.overlap).options(name="contamination_overlap")
 _trim_task = ray.remote(num_cpus=1)(spill.trim_documents).options(name="trim_documents")
 _sample_task = ray.remote(num_cpus=1)(stages.sample_sentences).options(name="sample_sentences")
 _tokenizer_task = ray.remote(num_cpus=1)(stages.train_from_samples).options(name="train_tokenizer")
@@ -105,12 +117,7 @@ _samples_task = ray.remote(num_cpus=1)(stages.samples_part).options(name="build_
 _shards_task = ray.remote(num_cpus=1)(stages.write_shards).options(name="write_shards")
 
 
-@ray.remote(num_cpus=1)
-def _plan_task(*args: Any) -> dict[str, stages.SplitPlan] | str:
-    try:
-        return stages.plan_splits(*args)
-    except DataError as err:  # returned, not raised: the driver turns it into one line
-        return str(err)
+_plan_task = ray.remote(num_cpus=1)(stages.plan_splits).options(name="plan_splits")
 
 
 @ray.remote(num_cpus=0)
@@ -129,19 +136,36 @@ def _sees_task(marker: str, token: str) -> str | None:
 def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> Path:
     """Build the dataset described by ``cfg``; returns the output directory.
 
-    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py).
+    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py):
+    read_clean, dedup, tokenizer, encode, join, pairs, plan, shards, write (tokenizer file,
+    manifest, publishing).
     """
-    output = Path(cfg.output_dir)
-    if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{output}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it"
-        )
+    wiki, _ = sources.expand_inputs(cfg.inputs.wiki)
+    books, _ = sources.expand_inputs(cfg.inputs.books)
+    model_path = cfg.tokenizer.model_path
+    output = prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[*wiki, *books, sources.resolve_path(model_path) if model_path else None],
+    )
     started = _init_ray(cfg.num_workers)
     try:
         return _run(cfg, output, _Clock(timings if timings is not None else {}))
     finally:
         if started:
             ray.shutdown()
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with a task's DataError re-raised as itself (one line, not a remote traceback)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DataError):
+            raise DataError(str(err.cause)) from None
+        raise
 
 
 def _init_ray(num_workers: int) -> bool:
@@ -183,10 +207,11 @@ class _Clock:
 class _Stage:
     """What the stages share: the config, the spill directory, progress bars, skips."""
 
-    def __init__(self, cfg: PipelineConfig, spill_dir: Path) -> None:
-        self.cfg, self.spill_dir = cfg, spill_dir
+    def __init__(self, cfg: PipelineConfig, spill_dir: Path, clock: _Clock) -> None:
+        self.cfg, self.spill_dir, self.clock = cfg, spill_dir, clock
         self.parts = cfg.num_workers * TASKS_PER_WORKER
         self.skips = _Skips(cfg.on_bad_input == "fail")
+        self.read_from: dict[str, int] = {}  # raw documents read per input (recorded in the manifest)
         self._bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
 
     def gather(self, refs: list[ray.ObjectRef], sizes: list[int], desc: str, unit: str) -> list[Any]:
@@ -198,7 +223,7 @@ class _Stage:
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(size_of[done[0]])
         bar.close()
-        return ray.get(refs)
+        return _get(refs)
 
 
 def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
@@ -214,21 +239,25 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
 def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
     model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, owned=is_dataset_file) as tmp:
         spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
         spill_dir.mkdir()
         try:
             check_shared(spill_dir, output)
-            stage = _Stage(cfg, spill_dir)
+            stage = _Stage(cfg, spill_dir, clock)
             chunks = read_stage(stage)
             clock.lap("read_clean")
+            chunks, duplicates = dedup_stage(stage, chunks)
+            contamination = contamination_stage(stage, chunks)
+            clock.lap("dedup")
             model_proto = tokenize_stage(stage, chunks, model_proto)
             clock.lap("tokenizer")
             corpus = encode_stage(stage, chunks, model_proto)
-            clock.lap("encode")
+            clock.lap("join")
             samples = pairs_stage(stage, corpus, model_proto)
             clock.lap("pairs")
             splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
+            clock.lap("shards")
             with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
                 f.write(model_proto)
             manifest = Manifest(
@@ -247,6 +276,9 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
                     "validation_documents": stages.num_validation(
                         corpus["documents"], cfg.split.validation_fraction
                     ),
+                    "sources": stage.read_from,
+                    **duplicates,
+                    **contamination,
                 },
                 skipped=stage.skips.items,
                 dropped_samples=dropped,
@@ -270,7 +302,7 @@ def check_shared(directory: Path, output: Path) -> None:
         for n in nodes
     ]
     try:
-        for node, problem in zip(nodes, ray.get(refs), strict=True):
+        for node, problem in zip(nodes, _get(refs), strict=True):
             if problem is not None:
                 raise DataError(
                     f"output_dir {output}: Ray node {node.get('NodeManagerAddress', node['NodeID'])} cannot see"
@@ -285,12 +317,16 @@ def check_shared(directory: Path, output: Path) -> None:
 
 
 def _read_units(stage: _Stage) -> list[ReadUnit]:
-    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books."""
+    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books,
+    one-document-per-line files, R data packages."""
     wiki_files, missing_wiki = sources.expand_inputs(stage.cfg.inputs.wiki)
     book_files, missing_books = sources.expand_inputs(stage.cfg.inputs.books)
-    for item in missing_wiki + missing_books:
+    line_files, missing_lines = sources.expand_inputs(stage.cfg.inputs.line_documents)
+    for item in missing_wiki + missing_books + missing_lines:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
+    listed = {str(index) for index in indexes.values() if index is not None}
+    wiki_files = [path for path in wiki_files if path not in listed]  # a glob may match the indexes too
     refs = {
         path: _multistream_task.remote(path, index, stage.parts)
         for path, index in indexes.items()
@@ -301,13 +337,15 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
         if path not in refs:
             units.append(ReadUnit("wiki", path))
             continue
-        ranges, problem = ray.get(refs[path])
+        ranges, problem = _get(refs[path])
         if problem is not None:
             if stage.skips.fail:
                 raise DataError(problem)
             print(f"warning: {problem}; {path} is read as one stream", file=sys.stderr, flush=True)
         units.extend(ranges)
-    return units + [ReadUnit("book", path) for path in book_files]
+    units += [ReadUnit("book", path) for path in book_files]
+    units += [ReadUnit("lines", path) for path in line_files]
+    return units + [ReadUnit("r", f"r://{spec}") for spec in stage.cfg.inputs.r_datasets]
 
 
 def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
@@ -339,7 +377,7 @@ def read_stage(stage: _Stage) -> list[Chunk]:
             jobs.append(
                 ([(number, unit)], _read_task.remote([(number, unit)], limit, min_chars, stage.spill_dir))
             )
-    for group in _book_groups([(n, u) for n, u in units if u.kind == "book"]):
+    for group in _book_groups([(n, u) for n, u in units if u.kind != "wiki"]):
         jobs.append((group, _read_task.remote(group, limit, min_chars, stage.spill_dir)))
     jobs.sort(key=lambda job: job[0][0][0])
     results = stage.gather([ref for _, ref in jobs], [len(group) for group, _ in jobs], "read", "file")
@@ -350,10 +388,13 @@ def read_stage(stage: _Stage) -> list[Chunk]:
                 where = unit.path if unit.end is None else f"{unit.path} (bytes {unit.start}-{unit.end})"
                 stage.skips.add(where, error)
             chunks.extend(unit_chunks)
+            stage.read_from[unit.path] = stage.read_from.get(unit.path, 0) + sum(c.raws for c in unit_chunks)
     if limit is not None:
         chunks = _cap(chunks, limit)
     if sum(c.documents for c in chunks) == 0:
-        raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+        raise DataError(
+            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets)"
+        )
     return chunks
 
 
@@ -365,11 +406,84 @@ def _cap(chunks: list[Chunk], limit: int) -> list[Chunk]:
         if left <= 0:
             chunk.path.unlink()
         elif chunk.raws > left:
-            documents, sentences = ray.get(_trim_task.remote(chunk.path, left))
+            documents, sentences = _get(_trim_task.remote(chunk.path, left))
             kept.append(Chunk(chunk.path, documents, sentences, left))
         else:
             kept.append(chunk)
     return kept
+
+
+# --- stage 1b: deduplication and contamination report (both optional) ------------------------
+
+
+def dedup_stage(stage: _Stage, chunks: list[Chunk]) -> tuple[list[Chunk], dict[str, int]]:
+    """Drop exact and/or near-duplicate documents (a later one of a colliding pair) → the chunks
+    rewritten without them, and the counts for the manifest."""
+    cfg = stage.cfg.dedup
+    if not (cfg.exact or cfg.near):
+        return chunks, {}
+    groups = _ranges(np.array([c.documents for c in chunks]), stage.parts)
+    paths = [stage.spill_dir / f"signatures-{i:06d}.npz" for i in range(len(groups))]
+    refs = [
+        _signature_task.remote([c.path for c in chunks[a:b]], cfg, stage.cfg.seed, path)
+        for (a, b), path in zip(groups, paths, strict=True)
+    ]
+    stage.gather(refs, [b - a for a, b in groups], "dedup", "file")
+    bands, rows = dedup.lsh_bands(cfg)
+    exact_ref = _collision_task.remote(paths, 0, 0, rows, True) if cfg.exact else None
+    band_groups = _ranges(np.ones(bands), stage.parts) if cfg.near else []
+    near_refs = [_collision_task.remote(paths, a, b, rows, False) for a, b in band_groups]
+    exact = _get(exact_ref) if exact_ref is not None else np.zeros(0, np.int64)
+    near = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *_get(near_refs)]), exact)
+    drop = np.union1d(exact, near)
+    starts = np.cumsum([0, *(c.documents for c in chunks)])
+    bounds = np.searchsorted(drop, starts)
+    refs, where = [], []
+    for i, (chunk, a, b) in enumerate(zip(chunks, bounds[:-1], bounds[1:], strict=True)):
+        if b > a:
+            refs.append(_drop_task.remote(chunk.path, drop[a:b] - starts[i]))
+            where.append(i)
+    for i, (documents, sentences) in zip(where, _get(refs), strict=True):
+        chunks[i] = Chunk(chunks[i].path, documents, sentences, chunks[i].raws)
+    for path in paths:
+        path.unlink()
+    counts = {"exact_duplicates": len(exact)} if cfg.exact else {}
+    return chunks, counts | ({"near_duplicates": len(near)} if cfg.near else {})
+
+
+def contamination_stage(stage: _Stage, chunks: list[Chunk]) -> dict[str, Any]:
+    """Word n-grams of each fine-tuning test file found in the (deduplicated) corpus, if asked for."""
+    cfg = stage.cfg.dedup
+    if not cfg.contamination:
+        return {}
+    files, missing = sources.expand_inputs(cfg.contamination)
+    if missing:
+        raise DataError(f"{missing[0]['path']}: contamination test file {missing[0]['reason']}")
+    grams = _get([_grams_task.remote(path, cfg.contamination_ngram) for path in files])
+    everything = np.unique(np.concatenate([np.zeros(0, np.uint64), *grams]))
+    grams_ref = ray.put(everything)
+    groups = _ranges(np.array([c.documents for c in chunks]), stage.parts)
+    refs = [
+        _overlap_task.remote([c.path for c in chunks[a:b]], grams_ref, cfg.contamination_ngram)
+        for a, b in groups
+    ]
+    results = stage.gather(refs, [b - a for a, b in groups], "contamination", "file")
+    found = np.unique(np.concatenate([np.zeros(0, np.uint64), *(f for f, _ in results)]))
+    report = {
+        path: {
+            "ngrams": len(g),
+            "found": int(np.isin(g, found).sum()),
+            "fraction": float(np.isin(g, found).mean()) if len(g) else 0.0,
+        }
+        for path, g in zip(files, grams, strict=True)
+    }
+    return {
+        "contamination": {
+            "ngram": cfg.contamination_ngram,
+            "documents": sum(d for _, d in results),
+            "files": report,
+        }
+    }
 
 
 # --- stage 2: tokenizer ---------------------------------------------------------------------
@@ -387,7 +501,7 @@ def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None
     keep = sample_indices(int(starts[-1]), cfg.tokenizer.input_sentence_size, cfg.seed)
     if keep is None:  # the whole corpus is the sample: the trainer reads the clean files themselves
         paths = [c.path for c in chunks]
-        return ray.get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
+        return _get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
     bounds = np.searchsorted(keep, starts)
     picks = [keep[a:b] - start for a, b, start in zip(bounds[:-1], bounds[1:], starts[:-1], strict=True)]
     groups = _ranges(np.diff(bounds), stage.parts)
@@ -396,7 +510,7 @@ def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None
         _sample_task.remote(chunks[a:b], picks[a:b], path) for (a, b), path in zip(groups, paths, strict=True)
     ]
     sampled = stage.gather(refs, [b - a for a, b in groups], "sample", "file")
-    model_proto = ray.get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
+    model_proto = _get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
     for path in paths:
         path.unlink()
     return model_proto
@@ -416,7 +530,8 @@ def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict
     ]
     sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
     stage.gather(refs, sizes, "encode", "doc")
-    sentences, doc_ranges = ray.get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
+    stage.clock.lap("encode")
+    sentences, doc_ranges = _get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
     for chunk in chunks:
         chunk.path.unlink()  # the text is no longer needed; only ids go on
     corpus = spill.load_corpus(stage.spill_dir)  # memory-mapped: the driver reads two numbers
@@ -437,10 +552,10 @@ def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> di
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
     sp = processor(model_proto)
-    vocab_size, word_start = sp.get_piece_size(), word_start_table(sp)
+    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, vocab, cfg.seed, word_start_table(sp)))
     refs = [
-        _samples_task.remote(stage.spill_dir, i, a, b, pool, cfg.pairs, vocab_size, cfg.seed, word_start)
-        for i, (a, b) in enumerate(corpus["ranges"])
+        _samples_task.remote(stage.spill_dir, i, a, b, recipe) for i, (a, b) in enumerate(corpus["ranges"])
     ]
     produced = stage.gather(refs, [b - a for a, b in corpus["ranges"]], "pairs", "doc")
     pairs = sum(n for n, _ in produced)
@@ -457,9 +572,8 @@ def shards_stage(
 ) -> tuple[dict[str, SplitInfo], dict[str, int]]:
     """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
     cfg = stage.cfg
-    plans = ray.get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
-    if isinstance(plans, str):
-        raise DataError(plans)
+    plans = _get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
+    stage.clock.lap("plan")
     infos: dict[str, SplitInfo] = {}
     refs, sizes, owners = [], [], []
     for split in SPLITS:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bertscale.errors import DataError
+from bertscale.masking import MaskingVocab
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -41,6 +43,17 @@ PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 
+
+def special_token_ids() -> dict[str, int]:
+    """Token → id of the specials, as a manifest records them."""
+    return dict(zip(SPECIAL_TOKENS, range(NUM_SPECIAL_TOKENS), strict=True))
+
+
+def masking_vocab(vocab_size: int, special_tokens: dict[str, int]) -> MaskingVocab:
+    """What :mod:`bertscale.masking` needs of a vocabulary whose specials are ``special_tokens``."""
+    return MaskingVocab(vocab_size, special_tokens[MASK_TOKEN], tuple(sorted(special_tokens.values())))
+
+
 NEXT_IS_REAL, NEXT_IS_RANDOM = 0, 1  # HuggingFace convention for next_sentence_label
 
 # member suffix -> dtype
@@ -50,6 +63,8 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "masked_positions": np.dtype(np.int16),
     "masked_ids": np.dtype(np.int32),
 }
+# the longest pair the dtypes above hold: masked_positions index into it
+MAX_SEQ_LENGTH = int(np.iinfo(ARRAY_FIELDS["masked_positions"]).max) + 1
 LABEL_FIELD = "next_sentence_label"
 SAMPLE_MEMBERS = (*(f"{name}.npy" for name in ARRAY_FIELDS), f"{LABEL_FIELD}.txt")
 
@@ -128,6 +143,14 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
+
+
+def is_dataset_file(name: str) -> bool:
+    """Whether a file name in an output directory is one the pipeline writes (what overwrite replaces)."""
+    return name in (MANIFEST_NAME, TOKENIZER_NAME) or bool(SHARD_NAME.match(name))
+
+
 def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:
     """Stream the samples of one shard in order; corruption raises a DataError naming the shard.
 
@@ -199,9 +222,7 @@ class Manifest:
     dropped_samples: dict[str, int] = field(default_factory=dict)  # remainder not filling a shard
     format_version: int = FORMAT_VERSION
     tokenizer_file: str = TOKENIZER_NAME
-    special_tokens: dict[str, int] = field(
-        default_factory=lambda: dict(zip(SPECIAL_TOKENS, range(NUM_SPECIAL_TOKENS), strict=True))
-    )
+    special_tokens: dict[str, int] = field(default_factory=special_token_ids)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -210,10 +231,28 @@ class Manifest:
             data["splits"][name]["tokens"] = split.tokens
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
+    def masking_vocab(self) -> MaskingVocab:
+        return masking_vocab(self.vocab_size, self.special_tokens)
+
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:
             raise DataError(f"{Path(root) / MANIFEST_NAME}: no split '{split}' (has {sorted(self.splits)})")
-        return [Path(root) / s.name for s in self.splits[split].shards]
+        return [shard_path(root, s.name) for s in self.splits[split].shards]
+
+
+def shard_path(root: str | Path, name: str) -> Path:
+    """``root / name``, confined to ``root``: a manifest may not point at other files (``..``, an
+    absolute path, a symlink leading out), whoever wrote it."""
+    path = Path(root) / name
+    if not _is_plain_name(name) or not path.resolve().is_relative_to(Path(root).resolve()):
+        raise DataError(f"{Path(root) / MANIFEST_NAME}: shard '{name}' lies outside {root}")
+    return path
+
+
+def _is_plain_name(name: str) -> bool:
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    )
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -227,6 +266,9 @@ def load_manifest(root: str | Path) -> Manifest:
         splits = {}
         for name, split in data.pop("splits").items():
             shards = [ShardInfo(**s) for s in split["shards"]]
+            for shard in shards:
+                if not isinstance(shard.name, str) or not _is_plain_name(shard.name):
+                    raise DataError(f"{path}: shard name {shard.name!r} is not a file name in {root}")
             splits[name] = SplitInfo(samples_per_shard=split["samples_per_shard"], shards=shards)
         return Manifest(splits=splits, **data)
     except DataError:

@@ -29,7 +29,12 @@ COLUMNS = {
                       "skipped_inputs", "time_total_s", "data"],
     "other": ["run", "status", "loss", "eval_accuracy", "test_accuracy", "test_f1"],
 }  # fmt: skip
-TITLES = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "data_pipeline": "Data pipeline", "other": "Other"}
+TITLES = {
+    "pretrain": "Pretraining",
+    "finetune": "Fine-tuning",
+    "data_pipeline": "Data pipeline",
+    "other": "Other",
+}
 
 
 def summarize(tracking_uri: str) -> dict[str, list[Row]]:

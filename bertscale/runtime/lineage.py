@@ -10,7 +10,7 @@ Code lineage uses MLflow's own run-context tags (``mlflow.source.name/type``,
 ``mlflow.source.git.commit/branch``, ``mlflow.user``) and adds what MLflow lacks: whether the work
 tree was dirty, the command line, the library versions, world size and hosts, and the run's
 description (``mlflow.note.content``, shown on the run page). Nothing secret: a URI's password in the
-command line is redacted and a git remote carrying credentials is not recorded.
+command line and a git remote's credentials are redacted (bertscale.secrets).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -35,8 +34,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from bertscale.data_pipeline.schema import MANIFEST_NAME, load_manifest
-from bertscale.infra.mlflow_server import redact_uri
 from bertscale.runtime.tracking import RUN_NOTE
+from bertscale.secrets import redact
 
 PACKAGES = ("bertscale", "torch", "deepspeed", "ray", "mlflow")
 DIGEST_CHARS = 32  # MLflow caps a dataset digest at 36 characters; the full hash is in the profile
@@ -59,8 +58,8 @@ def run_tags(description: str, *, world_size: int = 1, hosts: Iterable[str] = ()
 
 def _mlflow_context_tags() -> dict[str, str]:
     tags = {k: str(v) for k, v in resolve_tags().items()}
-    if urlsplit(tags.get(MLFLOW_GIT_REPO_URL, "")).username:  # a token in the remote: keep it out
-        tags.pop(MLFLOW_GIT_REPO_URL)
+    if MLFLOW_GIT_REPO_URL in tags:  # a remote may carry a token
+        tags[MLFLOW_GIT_REPO_URL] = redact(tags[MLFLOW_GIT_REPO_URL])
     if MLFLOW_SOURCE_NAME in tags and sys.argv and sys.argv[0] in ("-m", "-c"):
         tags[MLFLOW_SOURCE_NAME] = _command_line(sys.argv)[:500]
     return tags
@@ -92,15 +91,12 @@ def _git_dirty() -> bool | None:
 
 
 def _command_line(argv: list[str]) -> str:
-    """``sys.argv`` as a shell line, the module named (``python -m x``), URI passwords redacted."""
+    """``sys.argv`` as a shell line, the module named (``python -m x``), URI credentials redacted."""
     argv = list(argv)
-    if argv and argv[0].endswith("__main__.py"):  # python -m pkg: argv[0] is pkg/__main__.py
-        argv[0] = "-m " + Path(argv[0]).parent.name
-    words = []
-    for word in argv:
-        key, eq, value = word.partition("=")
-        words.append(f"{key}={redact_uri(value)}" if eq else redact_uri(word))
-    return " ".join(shlex.quote(w) if not w.startswith("-m ") else w for w in words)
+    module = argv and argv[0].endswith("__main__.py")  # python -m pkg: argv[0] is pkg/__main__.py
+    words = [redact(word) for word in (argv[1:] if module else argv)]
+    line = " ".join(shlex.quote(w) for w in words)
+    return f"-m {Path(argv[0]).parent.name} {line}" if module else line
 
 
 def sha256_file(path: Path) -> str:

@@ -10,7 +10,7 @@ Public API:
         .register(model_id, files, name)          upload files into the logged model, register it
         .run_url -> str | None
     find_logged_model(tracking_uri, directory) -> LoggedModel | None
-    node_monitor(mlflow_cfg, run_id, tracking_uri) -> monitor | None   system metrics of another node
+    node_monitor(mlflow_cfg, run_id) -> monitor | None   system metrics of another node into the run
     peak_flops_per_device(configured_tflops) -> float | None
 
 The run carries its lineage from the start (bertscale.runtime.lineage: git commit and dirty flag,
@@ -37,14 +37,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bertscale.infra.mlflow_server import redact_uri
 from bertscale.runtime.config import MlflowConfig
+from bertscale.secrets import redact, tracking_credentials_to_env
 
 log = logging.getLogger("bertscale")
 
 # Dense bf16 peak of one device, TFLOP/s (vendor datasheets), matched against the CUDA device name.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's training view
-JOB_TAG = "bertscale.job"  # pretrain | finetune | data_pipeline: what bertscale.infra.mlflow_summary groups by
+JOB_TAG = (
+    "bertscale.job"  # pretrain | finetune | data_pipeline: what bertscale.infra.mlflow_summary groups by
+)
 RUN_NOTE = "mlflow.note.content"  # the run page's description (Markdown)
 PATH_TAG = "bertscale.path"  # where a logged model's files are (they are not copied)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
@@ -95,7 +97,9 @@ class Tracker:
         if run_params:
             self.log_params(run_params)
 
-    def _start(self, cfg: MlflowConfig, description: str, job: str, world_size: int, hosts: list[str]) -> None:
+    def _start(
+        self, cfg: MlflowConfig, description: str, job: str, world_size: int, hosts: list[str]
+    ) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast, not after minutes
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         import mlflow
@@ -104,6 +108,7 @@ class Tracker:
         from bertscale.runtime.lineage import run_tags
 
         uri = cfg.tracking_uri or f"sqlite:///{(self.output_dir / 'mlflow.db').resolve()}"
+        uri = tracking_credentials_to_env(uri)  # MLflow reads them from there; never in a URI it prints
         mlflow.set_tracking_uri(uri)  # MLflow's model and registry helpers use the process-wide URI
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(cfg.experiment)
@@ -120,7 +125,7 @@ class Tracker:
         run = client.create_run(experiment_id, run_name=cfg.run_name, tags=tags)
         self.client, self.run_id, self.experiment_id = client, run.info.run_id, experiment_id
         self.tracking_uri = uri
-        log.info("MLflow run %s in experiment '%s' at %s", self.run_id, cfg.experiment, redact_uri(uri))
+        log.info("MLflow run %s in experiment '%s' at %s", self.run_id, cfg.experiment, redact(uri))
         if _system_metrics_on(cfg.system_metrics):
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -138,7 +143,7 @@ class Tracker:
         try:
             return fn(*args)
         except Exception as err:  # tracking must never kill training
-            log.warning("MLflow tracking disabled for this run: %s: %s", type(err).__name__, err)
+            log.warning("MLflow tracking disabled for this run: %s: %s", type(err).__name__, redact(str(err)))
             self._stop_monitor()
             self.client = None
             return None
@@ -155,8 +160,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        # a URI's password never reaches the store (e.g. mlflow.tracking_uri with credentials)
-        items = [Param(k, redact_uri(str(v))[:6000]) for k, v in _flatten(params).items()]
+        items = [Param(k, redact(str(v))[:6000]) for k, v in _flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._guard(lambda chunk: self.client.log_batch(self.run_id, params=chunk), items[i : i + 100])
 
@@ -165,7 +169,7 @@ class Tracker:
             return
         from mlflow.entities import RunTag
 
-        batch = [RunTag(k, redact_uri(str(v))) for k, v in tags.items()]
+        batch = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         self._guard(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def set_description(self, text: str) -> None:
@@ -328,7 +332,7 @@ def find_logged_model(tracking_uri: str, directory: str | Path) -> Any:
     return found[0] if found else None
 
 
-def node_monitor(cfg: MlflowConfig, run_id: str | None, tracking_uri: str | None) -> Any:
+def node_monitor(cfg: MlflowConfig, run_id: str | None) -> Any:
     """System metrics of this node into rank 0's run (the first rank of every other node calls it).
 
     Only with an explicit ``tracking_uri`` (a server or shared store): the default SQLite file lives
@@ -341,12 +345,12 @@ def node_monitor(cfg: MlflowConfig, run_id: str | None, tracking_uri: str | None
 
         monitor = SystemMetricsMonitor(
             run_id, sampling_interval=cfg.system_metrics_interval_s, node_id=socket.gethostname(),
-            tracking_uri=tracking_uri,
+            tracking_uri=tracking_credentials_to_env(cfg.tracking_uri),
         )  # fmt: skip
         monitor.start()
         return monitor
     except Exception as err:
-        log.warning("MLflow system metrics of %s disabled: %s", socket.gethostname(), err)
+        log.warning("MLflow system metrics of %s disabled: %s", socket.gethostname(), redact(str(err)))
         return None
 
 

@@ -165,7 +165,7 @@ def test_pipeline_logs_its_own_run(tiny_shards, tiny_config, tmp_path):
     shutil.copytree(tiny_shards, shards)
     cfg = tiny_config(shards)
     track_pipeline(cfg, shards, {"read_clean": 1.0, "write": 0.5}, 2.0)  # off by default: nothing
-    assert not (shards / "mlflow.db").exists()
+    assert not (tmp_path / "shards-pipeline-run").exists()
     cfg.mlflow.enabled, cfg.mlflow.tracking_uri = True, _store(tmp_path)
     track_pipeline(cfg, shards, {"read_clean": 1.0, "write": 0.5}, 2.0)
 
