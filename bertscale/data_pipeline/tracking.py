@@ -35,8 +35,10 @@ def track_pipeline(cfg: PipelineConfig, output: Path, timings: dict[str, float],
         f"sequences of {manifest.max_seq_length}, dupe factor {manifest.dupe_factor}).\n\n"
         f"Skipped inputs: {skipped or 'none'}."
     )
+    # beside the shards, not in them: the dataset directory holds only what the pipeline wrote
+    record = output.parent / f"{output.name}-pipeline-run"
     tracker = Tracker(
-        cfg.mlflow, to_dict(cfg), output_dir=output, description=description, job="data_pipeline"
+        cfg.mlflow, to_dict(cfg), output_dir=record, description=description, job="data_pipeline"
     )
     metrics: dict[str, float] = {k: float(v) for k, v in inputs.items() if isinstance(v, int | float)}
     for name, split in manifest.splits.items():
