@@ -23,15 +23,17 @@ python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.
 step "2/4 pretraining (deepspeed launcher, 2 CPU ranks, ZeRO-1)"
 deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --module bertscale.pretrain \
   --config bertscale/pretrain/configs/tiny.yaml data.shards="$DEMO_DIR/shards" output_dir="$DEMO_DIR/pretrain" \
-  mlflow.tracking_uri="$TRACKING" "$@"
+  mlflow.tracking_uri="$TRACKING" mlflow.system_metrics=true "$@"
 
 step "3/4 fine-tuning: sentiment (Rotten Tomatoes) from the pretrained checkpoint"
 python -m bertscale.finetune --config bertscale/finetune/configs/sentiment.yaml model.checkpoint="$DEMO_DIR/pretrain" \
-  output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true mlflow.tracking_uri="$TRACKING"
+  output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true mlflow.tracking_uri="$TRACKING" \
+  mlflow.system_metrics=true
 
 step "4/4 fine-tuning: named entities (BIO tweets) from the pretrained checkpoint"
 python -m bertscale.finetune --config bertscale/finetune/configs/ner.yaml model.checkpoint="$DEMO_DIR/pretrain" \
-  output_dir="$DEMO_DIR/finetune/ner" overwrite=true mlflow.tracking_uri="$TRACKING"
+  output_dir="$DEMO_DIR/finetune/ner" overwrite=true mlflow.tracking_uri="$TRACKING" \
+  mlflow.system_metrics=true
 
 step "done"
 python -m bertscale.infra.mlflow_summary --tracking-uri "$TRACKING"

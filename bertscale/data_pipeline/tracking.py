@@ -10,6 +10,7 @@ manifest itself is an artifact. Tracking failures only warn (bertscale.runtime.t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bertscale.config import to_dict
@@ -37,8 +38,10 @@ def track_pipeline(cfg: PipelineConfig, output: Path, timings: dict[str, float],
     )
     # beside the shards, not in them: the dataset directory holds only what the pipeline wrote
     record = output.parent / f"{output.name}-pipeline-run"
+    # logged after the work is done: sampling system metrics now would describe nothing
+    mlflow_cfg = dataclasses.replace(cfg.mlflow, system_metrics=False)
     tracker = Tracker(
-        cfg.mlflow, to_dict(cfg), output_dir=record, description=description, job="data_pipeline"
+        mlflow_cfg, to_dict(cfg), output_dir=record, description=description, job="data_pipeline"
     )
     metrics: dict[str, float] = {k: float(v) for k, v in inputs.items() if isinstance(v, int | float)}
     for name, split in manifest.splits.items():

@@ -67,8 +67,8 @@ class MlflowConfig:
     tracking_uri: str | None = None  # default: sqlite:///{output_dir}/mlflow.db
     experiment: str = "bertscale-pretrain"
     run_name: str | None = None
-    # CPU/GPU utilisation and memory as system/* metrics. None: on with a GPU, off on CPU (where
-    # the sampling thread measurably slows the tiny demo; see README).
+    # CPU/GPU utilisation and memory as system/* metrics. None: on with a GPU, off on CPU, where the
+    # sampling thread takes ~2% of a training process's CPU time (benchmarks/system_metrics.py).
     system_metrics: bool | None = None
     system_metrics_interval_s: float = 10.0
     # Register the final model under this name in the model registry (its files are then copied
