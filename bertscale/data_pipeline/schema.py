@@ -233,3 +233,202 @@ def load_manifest(root: str | Path) -> Manifest:
         raise
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: malformed manifest ({err})") from None
+
+
+# --- fast whole-shard reading (the training input path) ------------------------------------------
+
+_NPY_DESCR = {np.dtype(np.int32): b"'<i4'", np.dtype(np.uint8): b"'|u1'", np.dtype(np.int16): b"'<i2'"}
+_FIELDS = (*ARRAY_FIELDS, LABEL_FIELD)
+
+
+@dataclass
+class ShardArrays:
+    """Every sample of one shard as flat arrays; sample ``i`` is ``input_ids[offsets[i]:offsets[i+1]]``.
+
+    Masked draws of sample ``i`` are ``masked_positions[mask_offsets[i]:mask_offsets[i+1]]``, a
+    (D, M_i) block row-major, likewise ``masked_ids``.
+    """
+
+    path: Path
+    keys: list[str]
+    input_ids: np.ndarray  # (N,) int32, all samples back to back
+    token_type_ids: np.ndarray  # (N,) uint8
+    offsets: np.ndarray  # (n + 1,) int64
+    masked_positions: np.ndarray  # (K,) int16
+    masked_ids: np.ndarray  # (K,) int32
+    mask_offsets: np.ndarray  # (n + 1,) int64
+    mask_draws: np.ndarray  # (n,) int64: D of each sample
+    next_sentence_label: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _tar_members(buf: bytes, path: Path) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of each regular member; the tar headers are walked once."""
+    offset, end = 0, len(buf)
+    long_name: str | None = None
+    while offset + 512 <= end:
+        header = buf[offset : offset + 512]
+        if header[0] == 0:  # end-of-archive block
+            return
+        try:
+            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise DataError(f"{path}: corrupt or truncated shard (bad tar header at byte {offset})") from None
+        start = offset + 512
+        if start + size > end:
+            raise DataError(f"{path}: corrupt or truncated shard (member at byte {offset} runs past the end)")
+        kind = header[156:157]
+        if kind == b"x":  # a pax header: the next member's long name
+            for record in buf[start : start + size].split(b"\n"):
+                _, _, item = record.partition(b" ")
+                if item.startswith(b"path="):
+                    long_name = item[5:].decode("utf-8", "replace")
+        elif kind in (b"0", b"\0"):
+            name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            long_name = None
+            yield name, start, size
+        offset = start + (size + 511) // 512 * 512
+    raise DataError(f"{path}: corrupt or truncated shard (no end-of-archive marker)")
+
+
+def _npy_data(
+    buf: bytes, start: int, size: int, dtype: np.dtype, where: str
+) -> tuple[int, int, tuple[int, ...]]:
+    """(data offset, element count, shape) of a .npy member, checked against ``dtype``; no copy."""
+    if buf[start : start + 6] != b"\x93NUMPY":
+        raise DataError(f"{where} is not a .npy array")
+    if buf[start + 6] == 1:
+        hlen, hstart = int.from_bytes(buf[start + 8 : start + 10], "little"), start + 10
+    else:
+        hlen, hstart = int.from_bytes(buf[start + 8 : start + 12], "little"), start + 12
+    header = buf[hstart : hstart + hlen]
+    if _NPY_DESCR[dtype] not in header or b"'fortran_order': False" not in header:
+        raise DataError(
+            f"{where} has dtype/order other than {dtype} C-order ({header.decode(errors='replace')})"
+        )
+    shape_at = header.find(b"'shape': (") + 10
+    shape = tuple(int(x) for x in header[shape_at : header.find(b")", shape_at)].split(b",") if x.strip())
+    data = hstart + hlen
+    count = (start + size - data) // dtype.itemsize
+    if int(np.prod(shape)) != count:
+        raise DataError(f"{where} holds {count} values, its header says shape {shape}")
+    return data, count, shape
+
+
+def load_shard(path: str | Path, *, vocab_size: int, expected_samples: int | None = None) -> ShardArrays:
+    """Read and check a whole shard at once: tar layout parsed once, arrays taken at their offsets.
+
+    Besides the layout, values are checked against the manifest: token and masked ids below
+    ``vocab_size``, token types 0/1, positions inside their sequence, the sample count. Any problem
+    is one :class:`DataError` naming the shard (and the sample).
+    """
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: unreadable shard ({err})") from None
+    keys: list[str] = []
+    found: dict[str, list[tuple[int, int]]] = {f: [] for f in _FIELDS}  # field -> (data offset, count)
+    shapes: list[tuple[int, ...]] = []
+    labels: list[int] = []
+    for name, start, size in _tar_members(buf, path):
+        key, dot, suffix = name.partition(".")
+        if not dot:
+            raise DataError(f"{path}: member '{name}' is not named key.field")
+        field_name = suffix.rpartition(".")[0]
+        if not keys or key != keys[-1]:
+            if keys and any(len(v) != len(keys) for v in found.values()):
+                raise DataError(
+                    f"{path}: sample '{keys[-1]}' lacks members (has not all of {SAMPLE_MEMBERS})"
+                )
+            keys.append(key)
+        where = f"{path}: sample '{key}' {suffix}"
+        if field_name == LABEL_FIELD:
+            try:
+                labels.append(int(buf[start : start + size].strip()))
+            except ValueError:
+                raise DataError(f"{path}: sample '{key}' has a non-integer {LABEL_FIELD}") from None
+            found[LABEL_FIELD].append((start, 1))
+        elif field_name in ARRAY_FIELDS:
+            data, count, shape = _npy_data(buf, start, size, ARRAY_FIELDS[field_name], where)
+            found[field_name].append((data, count))
+            if field_name == "masked_positions":
+                shapes.append(shape)
+        if any(len(v) > len(keys) for v in found.values()):
+            raise DataError(f"{path}: sample '{key}' has member {suffix} twice")
+    if keys and any(len(v) != len(keys) for v in found.values()):
+        raise DataError(f"{path}: sample '{keys[-1]}' lacks members (has not all of {SAMPLE_MEMBERS})")
+    if expected_samples is not None and len(keys) != expected_samples:
+        raise DataError(f"{path}: holds {len(keys)} samples, the manifest says {expected_samples}")
+
+    def gather(field_name: str) -> tuple[np.ndarray, np.ndarray]:
+        dtype = ARRAY_FIELDS[field_name]
+        where = np.array(found[field_name], dtype=np.int64).reshape(-1, 2)
+        starts, counts = where[:, 0], where[:, 1]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        size = dtype.itemsize
+        # element j of sample i sits at byte starts[i] + j * size: one fancy index for the shard
+        if not (starts % size).any():  # .npy data is 64-byte aligned in a tar: index elements
+            whole = np.frombuffer(buf, dtype=dtype, count=len(buf) // size)
+            return whole[np.repeat(starts // size - offsets[:-1], counts) + np.arange(offsets[-1])], offsets
+        byte = np.repeat(starts - offsets[:-1] * size, counts) + np.arange(offsets[-1]) * size
+        raw = np.frombuffer(buf, dtype=np.uint8)[byte[:, None] + np.arange(size)]
+        return raw.reshape(-1).view(dtype), offsets
+
+    input_ids, offsets = gather("input_ids")
+    token_type_ids, type_offsets = gather("token_type_ids")
+    masked_positions, mask_offsets = gather("masked_positions")
+    masked_ids, id_offsets = gather("masked_ids")
+    draws = np.array([shape[0] if len(shape) == 2 else 0 for shape in shapes], dtype=np.int64)
+    shard = ShardArrays(
+        path, keys, input_ids, token_type_ids, offsets, masked_positions, masked_ids, mask_offsets,
+        draws, np.array(labels, dtype=np.int64),
+    )  # fmt: skip
+    _check_values(shard, vocab_size, type_offsets, id_offsets, shapes)
+    return shard
+
+
+def _check_values(
+    s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray, shapes: list
+) -> None:
+    """The shard's values against the contract and the manifest vocabulary, all samples at once."""
+    lengths, n = s.lengths, len(s.keys)
+
+    def fail(bad: np.ndarray, problem: str) -> None:
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{s.path}: sample '{s.keys[first]}' {problem}")
+
+    def per_sample(flat_bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        counts = np.concatenate([[0], np.cumsum(flat_bad)])
+        return counts[offsets[1:]] > counts[offsets[:-1]]
+
+    if n == 0:
+        return
+    fail(lengths < 3, "has fewer than 3 tokens")
+    fail(s.input_ids[s.offsets[:-1]] != CLS_ID, "input_ids must start with [CLS]")
+    fail(s.input_ids[s.offsets[1:] - 1] != SEP_ID, "input_ids must end with [SEP]")
+    ids_bad = (s.input_ids < 0) | (s.input_ids >= vocab_size)
+    fail(per_sample(ids_bad, s.offsets), f"has a token id outside the manifest vocab [0, {vocab_size})")
+    fail(np.diff(type_offsets) != lengths, "token_type_ids shape differs from input_ids")
+    fail(per_sample(s.token_type_ids > 1, s.offsets), "has a token type other than 0/1")
+    fail(np.diff(id_offsets) != np.diff(s.mask_offsets), "masked_positions/masked_ids differ in shape")
+    fail(
+        np.array([len(shape) != 2 or shape[0] < 1 for shape in shapes]),
+        "masked_positions must be a (D, M) array",
+    )
+    limit = np.repeat(lengths, np.diff(s.mask_offsets))
+    fail(per_sample((s.masked_positions < 0) | (s.masked_positions >= limit), s.mask_offsets),
+         "has masked_positions out of range")  # fmt: skip
+    ids_bad = (s.masked_ids < 0) | (s.masked_ids >= vocab_size)
+    fail(per_sample(ids_bad, s.mask_offsets), f"has a masked id outside the manifest vocab [0, {vocab_size})")
+    fail((s.next_sentence_label != NEXT_IS_REAL) & (s.next_sentence_label != NEXT_IS_RANDOM),
+         "next_sentence_label must be 0 or 1")  # fmt: skip
