@@ -17,13 +17,13 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
+from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
 from bertscale.pretrain.checkpoint import (
     find_resume,
     load_checkpoint,
-    load_pretrained,
     needs_universal,
     read_trainer_state,
     save_checkpoint,
@@ -142,7 +142,8 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     saved = read_trainer_state(resume) if resume is not None else None
-    init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
+    init_weights = load_pretrained(cfg.checkpoint.init_from).state_dict if cfg.checkpoint.init_from else None
+    tokenizer = find_tokenizer(cfg.data.shards)
 
     dist = init_distributed(cfg.engine.collective_timeout_s)
     logging.basicConfig(
@@ -235,7 +236,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             s.step,
             bert_config=bert_config,
             run_config=cfg,
-            tokenizer=cfg.data.shards / TOKENIZER_NAME,
+            tokenizer=tokenizer,
             trainer_state={
                 "tokens": s.tokens,
                 "world_size": dist.world_size,
@@ -293,8 +294,8 @@ def main(cfg: PretrainConfig) -> TrainState:
         if dist.rank == 0:
             for artifact in ("config.yaml", "ds_config.json", "metrics.jsonl"):
                 tracker.log_artifact(output_dir / artifact)
-            latest = checkpoints / "latest"
+            latest = checkpoints / LATEST
             if latest.is_file():
-                tracker.log_artifact(checkpoints / latest.read_text().strip() / "bert_config.json")
+                tracker.log_artifact(checkpoints / latest.read_text().strip() / CONFIG)
         tracker.close(status)
     return state
