@@ -57,7 +57,9 @@ def write_shards(root: Path, shards: int, per_shard: int, seq: int, dupe: int = 
                 ids = np.concatenate([[CLS_ID], body[:a], [SEP_ID], body[a:], [SEP_ID]]).astype(np.int32)
                 types = np.concatenate([np.zeros(a + 2), np.ones(n - a + 1)]).astype(np.uint8)
                 m = max(1, round(0.15 * n))
-                positions = np.stack([np.sort(rng.choice(np.arange(1, n + 2), m, replace=False)) for _ in range(dupe)])
+                positions = np.stack(
+                    [np.sort(rng.choice(np.arange(1, n + 2), m, replace=False)) for _ in range(dupe)]
+                )
                 sample = Sample(f"train{index:03d}_{i:06d}", ids, types, positions.astype(np.int16),
                                 ids[positions].astype(np.int32), int(rng.integers(0, 2)))  # fmt: skip
                 for suffix, blob in encode_sample(sample).items():
@@ -81,7 +83,9 @@ def cpu_rate(fn, samples: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--per-shard", type=int, default=2000)
     parser.add_argument("--seq", type=int, default=128)

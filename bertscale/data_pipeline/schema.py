@@ -19,6 +19,7 @@ This module imports neither ray nor torch so that both sides can depend on it ch
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Iterator
@@ -321,6 +322,63 @@ def _npy_data(
     return data, count, shape
 
 
+def _npy_members(
+    buf: bytes, members: list[int], field_name: str, keys: list[str], path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data offsets, element counts, first dimension) of a field's .npy members, all at once.
+
+    ``members`` is [start, size, start, size, ...]. Headers as ``np.save`` writes them (v1, keys in
+    order) are checked with array compares; any other header is parsed one by one.
+    """
+    dtype = ARRAY_FIELDS[field_name]
+    where = np.array(members, dtype=np.int64).reshape(-1, 2)
+    starts, sizes = where[:, 0], where[:, 1]
+    whole = np.frombuffer(buf, dtype=np.uint8)
+    prefix = b"\x93NUMPY\x01\x00"
+    text = b"{'descr': " + _NPY_DESCR[dtype] + b", 'fortran_order': False, 'shape': ("
+
+    def at(offsets: np.ndarray, width: int) -> np.ndarray:
+        return whole[np.minimum(offsets[:, None] + np.arange(width), len(whole) - 1)]
+
+    ok = (at(starts, 8) == np.frombuffer(prefix, np.uint8)).all(1) & (sizes >= 10 + len(text))
+    ok &= (at(starts + 10, len(text)) == np.frombuffer(text, np.uint8)).all(1)
+    header = at(starts + 8, 2).astype(np.int64)
+    data = starts + 10 + header[:, 0] + (header[:, 1] << 8)
+    nbytes = starts + sizes - data
+    ok &= (nbytes >= 0) & (nbytes % dtype.itemsize == 0)
+    counts = nbytes // dtype.itemsize
+    first = counts.copy()  # 1-D: the length; 2-D: D, read below
+    digits = at(starts + 10 + len(text), 4)  # "5, 19)" -> D; at most 3 digits then ','
+    if field_name in ("masked_positions", "masked_ids"):
+        is_digit = (digits >= ord("0")) & (digits <= ord("9"))
+        width = np.argmin(is_digit, axis=1)  # digits before the ','
+        ok &= (width > 0) & (digits[np.arange(len(digits)), width] == ord(","))
+        value = np.zeros(len(digits), np.int64)
+        for j in range(digits.shape[1] - 1):
+            value = np.where(j < width, value * 10 + (digits[:, j].astype(np.int64) - ord("0")), value)
+        first = value
+    for i in np.flatnonzero(~ok):  # a header np.save would not write: parse it in full
+        d, c, shape = _npy_data(
+            buf, int(starts[i]), int(sizes[i]), dtype, f"{path}: sample '{keys[i]}' {field_name}"
+        )
+        data[i], counts[i], first[i] = d, c, shape[0] if shape else 1
+    return data, counts, first
+
+
+def _gather(
+    buf: bytes, dtype: np.dtype, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's elements back to back (one fancy index for the shard) and the offsets."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    size = dtype.itemsize
+    if not (starts % size).any():  # .npy data is 64-byte aligned in a tar: index whole elements
+        whole = np.frombuffer(buf, dtype=dtype, count=len(buf) // size)
+        return whole[np.repeat(starts // size - offsets[:-1], counts) + np.arange(offsets[-1])], offsets
+    byte = np.repeat(starts - offsets[:-1] * size, counts) + np.arange(offsets[-1]) * size
+    raw = np.frombuffer(buf, dtype=np.uint8)[byte[:, None] + np.arange(size)]
+    return raw.reshape(-1).view(dtype), offsets
+
+
 def load_shard(path: str | Path, *, vocab_size: int, expected_samples: int | None = None) -> ShardArrays:
     """Read and check a whole shard at once: tar layout parsed once, arrays taken at their offsets.
 
@@ -335,70 +393,51 @@ def load_shard(path: str | Path, *, vocab_size: int, expected_samples: int | Non
         raise DataError(f"{path}: shard not found") from None
     except OSError as err:
         raise DataError(f"{path}: unreadable shard ({err})") from None
-    keys: list[str] = []
-    found: dict[str, list[tuple[int, int]]] = {f: [] for f in _FIELDS}  # field -> (data offset, count)
-    shapes: list[tuple[int, ...]] = []
-    labels: list[int] = []
+    names: dict[str, list[str]] = {f: [] for f in _FIELDS}  # field -> key of each of its members
+    found: dict[str, list[int]] = {f: [] for f in _FIELDS}  # field -> [start, size, start, size, ...]
     for name, start, size in _tar_members(buf, path):
         key, dot, suffix = name.partition(".")
         if not dot:
             raise DataError(f"{path}: member '{name}' is not named key.field")
         field_name = suffix.rpartition(".")[0]
-        if not keys or key != keys[-1]:
-            if keys and any(len(v) != len(keys) for v in found.values()):
-                raise DataError(
-                    f"{path}: sample '{keys[-1]}' lacks members (has not all of {SAMPLE_MEMBERS})"
-                )
-            keys.append(key)
-        where = f"{path}: sample '{key}' {suffix}"
-        if field_name == LABEL_FIELD:
-            try:
-                labels.append(int(buf[start : start + size].strip()))
-            except ValueError:
-                raise DataError(f"{path}: sample '{key}' has a non-integer {LABEL_FIELD}") from None
-            found[LABEL_FIELD].append((start, 1))
-        elif field_name in ARRAY_FIELDS:
-            data, count, shape = _npy_data(buf, start, size, ARRAY_FIELDS[field_name], where)
-            found[field_name].append((data, count))
-            if field_name == "masked_positions":
-                shapes.append(shape)
-        if any(len(v) > len(keys) for v in found.values()):
-            raise DataError(f"{path}: sample '{key}' has member {suffix} twice")
-    if keys and any(len(v) != len(keys) for v in found.values()):
-        raise DataError(f"{path}: sample '{keys[-1]}' lacks members (has not all of {SAMPLE_MEMBERS})")
+        if field_name in names:  # other members (webdataset allows extras) are not ours to read
+            names[field_name].append(key)
+            found[field_name] += (start, size)
+    keys = names["input_ids"]
+    for field_name, field_keys in names.items():
+        if field_keys != keys:
+            missing = next((a for a, b in itertools.zip_longest(keys, field_keys) if a != b), None)
+            missing = missing or next(k for k in field_keys if k not in set(keys))
+            raise DataError(f"{path}: sample '{missing}' lacks or repeats its {field_name} member")
+    if len(set(keys)) != len(keys):
+        raise DataError(f"{path}: a sample key occurs twice")
     if expected_samples is not None and len(keys) != expected_samples:
         raise DataError(f"{path}: holds {len(keys)} samples, the manifest says {expected_samples}")
 
-    def gather(field_name: str) -> tuple[np.ndarray, np.ndarray]:
-        dtype = ARRAY_FIELDS[field_name]
-        where = np.array(found[field_name], dtype=np.int64).reshape(-1, 2)
-        starts, counts = where[:, 0], where[:, 1]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        size = dtype.itemsize
-        # element j of sample i sits at byte starts[i] + j * size: one fancy index for the shard
-        if not (starts % size).any():  # .npy data is 64-byte aligned in a tar: index elements
-            whole = np.frombuffer(buf, dtype=dtype, count=len(buf) // size)
-            return whole[np.repeat(starts // size - offsets[:-1], counts) + np.arange(offsets[-1])], offsets
-        byte = np.repeat(starts - offsets[:-1] * size, counts) + np.arange(offsets[-1]) * size
-        raw = np.frombuffer(buf, dtype=np.uint8)[byte[:, None] + np.arange(size)]
-        return raw.reshape(-1).view(dtype), offsets
-
-    input_ids, offsets = gather("input_ids")
-    token_type_ids, type_offsets = gather("token_type_ids")
-    masked_positions, mask_offsets = gather("masked_positions")
-    masked_ids, id_offsets = gather("masked_ids")
-    draws = np.array([shape[0] if len(shape) == 2 else 0 for shape in shapes], dtype=np.int64)
+    arrays, offsets, draws = {}, {}, None
+    for field_name in ARRAY_FIELDS:
+        data, counts, first = _npy_members(buf, found[field_name], field_name, keys, path)
+        arrays[field_name], offsets[field_name] = _gather(buf, ARRAY_FIELDS[field_name], data, counts)
+        if field_name == "masked_positions":
+            draws = first
+    label_at = np.array(found[LABEL_FIELD], dtype=np.int64).reshape(-1, 2)
+    if len(label_at) and (label_at[:, 1] == 1).all():  # "0" / "1": one byte each
+        labels = np.frombuffer(buf, dtype=np.uint8)[label_at[:, 0]].astype(np.int64) - ord("0")
+    else:
+        try:
+            labels = np.array([int(buf[a : a + n].strip()) for a, n in label_at], dtype=np.int64)
+        except ValueError:
+            raise DataError(f"{path}: a sample has a non-integer {LABEL_FIELD}") from None
+    assert draws is not None
     shard = ShardArrays(
-        path, keys, input_ids, token_type_ids, offsets, masked_positions, masked_ids, mask_offsets,
-        draws, np.array(labels, dtype=np.int64),
+        path, keys, arrays["input_ids"], arrays["token_type_ids"], offsets["input_ids"],
+        arrays["masked_positions"], arrays["masked_ids"], offsets["masked_positions"], draws, labels,
     )  # fmt: skip
-    _check_values(shard, vocab_size, type_offsets, id_offsets, shapes)
+    _check_values(shard, vocab_size, offsets["token_type_ids"], offsets["masked_ids"])
     return shard
 
 
-def _check_values(
-    s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray, shapes: list
-) -> None:
+def _check_values(s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray) -> None:
     """The shard's values against the contract and the manifest vocabulary, all samples at once."""
     lengths, n = s.lengths, len(s.keys)
 
@@ -421,8 +460,9 @@ def _check_values(
     fail(np.diff(type_offsets) != lengths, "token_type_ids shape differs from input_ids")
     fail(per_sample(s.token_type_ids > 1, s.offsets), "has a token type other than 0/1")
     fail(np.diff(id_offsets) != np.diff(s.mask_offsets), "masked_positions/masked_ids differ in shape")
+    mask_counts = np.diff(s.mask_offsets)
     fail(
-        np.array([len(shape) != 2 or shape[0] < 1 for shape in shapes]),
+        (s.mask_draws < 1) | (mask_counts % np.maximum(s.mask_draws, 1) != 0),
         "masked_positions must be a (D, M) array",
     )
     limit = np.repeat(lengths, np.diff(s.mask_offsets))
