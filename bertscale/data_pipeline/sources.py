@@ -1,4 +1,5 @@
-"""Raw inputs → documents: Wikipedia pages-articles dumps (.xml/.xml.bz2) and book .txt files.
+"""Raw inputs → documents: Wikipedia pages-articles dumps (.xml/.xml.bz2), book .txt files and
+text files with one document per line (books packaged as R data: r_datasets.py).
 
 Dumps are streamed page by page with mwxml, so a dump is never whole in memory. Wikitext is
 reduced to body prose with mwparserfromhell: templates, references, tables, lists, headings,
@@ -16,6 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import mwparserfromhell
 import mwxml
@@ -91,20 +93,26 @@ def iter_wiki_pages(path: str) -> Iterator[RawDocument]:
     if Path(path).stat().st_size == 0:
         raise DataError("empty file")
     opener = bz2.open if path.endswith(".bz2") else open
+    with opener(path, "rb") as f:
+        yield from parse_wiki_pages(f, path)
+
+
+def parse_wiki_pages(f: BinaryIO, source: str) -> Iterator[RawDocument]:
+    """:func:`iter_wiki_pages` of an open XML stream (e.g. a decompressed range of a multistream
+    dump with the dump's header put in front); ``source`` names the documents."""
     count = 0
     try:
-        with opener(path, "rb") as f:
-            dump = mwxml.Dump.from_file(f)
-            for page in dump:
-                text = None
-                for revision in page:  # pages-articles holds the latest revision only; keep the last
-                    text = revision.text
-                count += 1
-                if page.namespace != 0 or page.redirect is not None or not text:
-                    continue
-                if text.lstrip()[:9].upper() == "#REDIRECT":
-                    continue
-                yield RawDocument(path, page.title or "", text, "wiki")
+        dump = mwxml.Dump.from_file(f)
+        for page in dump:
+            text = None
+            for revision in page:  # pages-articles holds the latest revision only; keep the last
+                text = revision.text
+            count += 1
+            if page.namespace != 0 or page.redirect is not None or not text:
+                continue
+            if text.lstrip()[:9].upper() == "#REDIRECT":
+                continue
+            yield RawDocument(source, page.title or "", text, "wiki")
     except Exception as err:  # mwxml/expat fail in many ways on bad input; any of them ends this file only
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = f"after {count} pages" if count else "at the start"
@@ -113,7 +121,7 @@ def iter_wiki_pages(path: str) -> Iterator[RawDocument]:
         raise DataError("dump holds no pages")
 
 
-def read_book(path: str) -> RawDocument:
+def _read_text(path: str) -> str:
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -121,7 +129,21 @@ def read_book(path: str) -> RawDocument:
         raise DataError(f"not UTF-8 (invalid byte at offset {err.start})") from None
     if not text.strip():
         raise DataError("empty file")
-    return RawDocument(path, Path(path).stem, text, "book")
+    return text
+
+
+def read_book(path: str) -> RawDocument:
+    return RawDocument(path, Path(path).stem, _read_text(path), "book")
+
+
+def read_line_documents(path: str) -> list[RawDocument]:
+    """One document per non-empty line (e.g. gensim's lee_background.cor: one news story a line)."""
+    lines = _read_text(path).splitlines()
+    return [
+        RawDocument(path, f"{Path(path).name}:{i + 1}", line, "book")
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
 
 
 # --- cleaning ----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Public API:
                                        ``.skipped`` (names of corrupt shards passed over under "skip"),
                                        ``.position()`` what a checkpoint records
     eval_batches(root, split, ...)     fixed evaluation batches, the same count on every rank
-    mask_static(sample, draw), mask_batch(input_ids, rng, vocab_size, mlm_probability)
+    mask_static(sample, draw), mask_dynamic(sample, rng, vocab, masked_lm_prob, max_predictions)
+    mask_batch(input_ids, rng, vocab, masked_lm_prob, max_predictions)   a padded batch at once
+                                       (the rule itself is bertscale.masking's)
     collate(input_ids, token_type_ids, lengths, labels, next_sentence_label) -> HF batch
 
 The global sample sequence (exact resume at any world size). A global batch of ``G`` sequences is
@@ -38,22 +40,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bertscale.data_pipeline.schema import (
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    PAD_ID,
-    Sample,
-    ShardArrays,
-    load_manifest,
-    load_shard,
-    read_shard,
-)
+from bertscale.data_pipeline.schema import PAD_ID, Sample, ShardArrays, load_manifest, load_shard, read_shard
 from bertscale.errors import DataError
+from bertscale.masking import (
+    IGNORE_INDEX,
+    MaskingVocab,
+    apply_mask,
+    mask_sequence,
+    num_predictions,
+    replacement,
+)
 from bertscale.runtime.faults import ignore_preemption_signals
 
 log = logging.getLogger("bertscale")
 
-IGNORE_INDEX = -100  # label of unmasked positions (HF / torch cross-entropy convention)
 Batch = dict[str, torch.Tensor]
 OPEN_SHARDS = 3  # shards a reader keeps decoded (a micro batch spans at most two)
 
@@ -64,30 +64,33 @@ OPEN_SHARDS = 3  # shards a reader keeps decoded (a micro batch spans at most tw
 def mask_static(sample: Sample, draw: int) -> tuple[np.ndarray, np.ndarray]:
     """Apply the pipeline's precomputed mask draw ``draw % D``; returns (input_ids, labels)."""
     row = draw % sample.masked_positions.shape[0]
-    positions = sample.masked_positions[row].astype(np.int64)
-    ids = sample.input_ids.astype(np.int64)
-    labels = np.full_like(ids, IGNORE_INDEX)
-    labels[positions] = ids[positions]
-    ids[positions] = sample.masked_ids[row]
-    return ids, labels
+    return apply_mask(sample.input_ids, sample.masked_positions[row], sample.masked_ids[row])
+
+
+def mask_dynamic(
+    sample: Sample, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
+    max_predictions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A mask drawn afresh for one sample by the pipeline's rule; returns (input_ids, labels)."""
+    return mask_sequence(sample.input_ids, rng, vocab, masked_lm_prob, max_predictions)
 
 
 def mask_batch(
-    input_ids: np.ndarray, rng: np.random.Generator, vocab_size: int, mlm_probability: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masking of a padded (B, T) batch with one generator: per row, round(p * n) of its n
-    non-special tokens (at least one) chosen uniformly; of those 80% [MASK], 10% random, 10% kept."""
-    candidates = input_ids >= NUM_SPECIAL_TOKENS  # (B, T); [PAD]/[CLS]/[SEP] are never chosen
-    n = candidates.sum(1)
-    count = np.minimum(np.maximum(1, np.round(mlm_probability * n)), n).astype(np.int64)
+    input_ids: np.ndarray, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
+    max_predictions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The masking rule of :mod:`bertscale.masking` (candidates, count, 80/10/10) for a padded (B, T)
+    batch with one generator: each row's subset is its ``count`` smallest uniform keys."""
+    candidates = ~vocab.is_special[input_ids]  # (B, T); [PAD] is special: padding is never chosen
+    count = num_predictions(candidates.sum(1), masked_lm_prob, max_predictions)
     keys = rng.random(input_ids.shape)
     keys[~candidates] = 2.0
     kth = np.sort(keys, axis=1)[np.arange(len(keys)), np.maximum(count - 1, 0)]
-    chosen = candidates & (keys <= kth[:, None])  # the count smallest keys: a uniform subset
-    roll = rng.random(input_ids.shape)
-    random_ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, size=input_ids.shape)
+    chosen = candidates & (keys <= kth[:, None]) & (count[:, None] > 0)
+    roll, pick = rng.random((2, int(chosen.sum())))
     labels = np.where(chosen, input_ids, IGNORE_INDEX)
-    ids = np.where(chosen & (roll < 0.8), MASK_ID, np.where(chosen & (roll < 0.9), random_ids, input_ids))
+    ids = input_ids.copy()
+    ids[chosen] = replacement(roll, pick, input_ids[chosen], vocab)
     return ids, labels
 
 
@@ -139,9 +142,10 @@ class PretrainBatches:
         gradient_accumulation_steps: int = 1,
         num_workers: int = 0,
         masking: Literal["static", "dynamic"] = "static",
-        mlm_probability: float = 0.15,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int | None = None,
         seed: int = 0,
-        max_seq_length: int | None = None,
+        max_position_embeddings: int | None = None,
         start_step: int = 0,
         on_corrupt_shard: Literal["fail", "skip"] = "fail",
         sample_log: Path | None = None,
@@ -157,18 +161,20 @@ class PretrainBatches:
         self.per_shard = manifest.splits[split].samples_per_shard
         if set(self.expected.values()) != {self.per_shard}:
             raise DataError(f"{self.root / 'manifest.json'}: shards of '{split}' differ in sample count")
-        if max_seq_length is not None and manifest.max_seq_length > max_seq_length:
+        if max_position_embeddings is not None and manifest.max_seq_length > max_position_embeddings:
             raise DataError(
                 f"{self.root}: shards hold sequences up to {manifest.max_seq_length} tokens, "
-                f"more than the model's max_position_embeddings {max_seq_length}"
+                f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
         self.vocab_size = manifest.vocab_size
+        self.vocab = manifest.masking_vocab()
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.accumulation = gradient_accumulation_steps
         self.lanes = world_size * gradient_accumulation_steps  # micro batches per global step
         self.num_workers = num_workers
-        self.masking, self.mlm_probability, self.seed = masking, mlm_probability, seed
+        self.masking, self.seed = masking, seed
+        self.masked_lm_prob, self.max_predictions_per_seq = masked_lm_prob, max_predictions_per_seq
         self.on_corrupt_shard = on_corrupt_shard
         self.start_step = start_step
         self.served = 0  # micro batches handed out by __iter__
@@ -242,7 +248,9 @@ class PretrainBatches:
         token_type_ids = _pad(types_flat, lengths, width, 0)
         if self.masking == "dynamic":
             rng = np.random.default_rng([self.seed, step, lane])
-            input_ids, labels = mask_batch(input_ids, rng, self.vocab_size, self.mlm_probability)
+            input_ids, labels = mask_batch(
+                input_ids, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq
+            )
         else:
             input_ids, labels = self._mask_static(parts, input_ids)
         nsp = np.concatenate([s.next_sentence_label[r] for _, _, s, r in parts])

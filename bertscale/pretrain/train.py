@@ -17,7 +17,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import load_manifest
+from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
@@ -86,25 +86,27 @@ def pretraining_losses(output: BertForPreTrainingOutput) -> dict[str, torch.Tens
 def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """MLM and NSP accuracy (and losses) over the fixed validation batches of all ranks."""
     engine.eval()
-    sums = [0.0] * 6  # mlm correct, masked tokens, nsp correct, sequences, mlm loss sum, nsp loss sum
+    local = dict.fromkeys(("mlm_correct", "masked", "nsp_correct", "sequences", "mlm_loss", "nsp_loss"), 0.0)
     for batch in batches:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         out = engine(**batch)
-        masked = out.masked_lm_labels.numel()
-        sums[0] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
-        sums[1] += masked
-        sums[2] += float((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-        sums[3] += batch["next_sentence_label"].numel()
-        sums[4] += float(out.mlm_loss) * masked
-        sums[5] += float(out.nsp_loss) * batch["next_sentence_label"].numel()
-    mlm_ok, masked, nsp_ok, seqs, mlm_loss, nsp_loss = all_reduce_sum(sums, engine.device)
-    if not seqs:
+        masked, sequences = out.masked_lm_labels.numel(), batch["next_sentence_label"].numel()
+        local["mlm_correct"] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
+        local["masked"] += masked
+        local["nsp_correct"] += float(
+            (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+        )
+        local["sequences"] += sequences
+        local["mlm_loss"] += float(out.mlm_loss) * masked  # the losses are means: summed back per item
+        local["nsp_loss"] += float(out.nsp_loss) * sequences
+    total = dict(zip(local, all_reduce_sum(list(local.values()), engine.device), strict=True))
+    if not total["sequences"]:
         return {}
     return {
-        "eval_mlm_accuracy": mlm_ok / masked,
-        "eval_nsp_accuracy": nsp_ok / seqs,
-        "eval_mlm_loss": mlm_loss / masked,
-        "eval_nsp_loss": nsp_loss / seqs,
+        "eval_mlm_accuracy": total["mlm_correct"] / total["masked"],
+        "eval_nsp_accuracy": total["nsp_correct"] / total["sequences"],
+        "eval_mlm_loss": total["mlm_loss"] / total["masked"],
+        "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
 
 
@@ -126,6 +128,50 @@ def _stall(batches: Iterator[dict], after: int) -> Iterator[dict]:
             log.warning("debug.stall_at_step: rank stalls here")
             time.sleep(24 * 3600)
         yield batch
+
+
+MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
+
+
+def majority_baselines(batches: list[dict[str, torch.Tensor]], vocab_size: int, device) -> dict[str, float]:
+    """Accuracy of a constant answer on the validation batches of all ranks: always the most frequent
+    masked target token (MLM), always the more frequent label (NSP). What learning must beat."""
+    counts = torch.zeros(vocab_size + 2, dtype=torch.float64)  # per target id, then NSP labels 0/1
+    for batch in batches:
+        targets = batch["labels"][batch["labels"] >= 0]
+        counts[:vocab_size] += torch.bincount(targets, minlength=vocab_size)[:vocab_size].double()
+        counts[vocab_size:] += torch.bincount(batch["next_sentence_label"], minlength=2)[:2].double()
+    counts = counts.to(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    mlm, nsp = counts[:vocab_size], counts[vocab_size:]
+    if not nsp.sum():
+        return {}
+    return {
+        "eval_mlm_baseline_accuracy": float(mlm.max() / mlm.sum().clamp(min=1)),
+        "eval_nsp_baseline_accuracy": float(nsp.max() / nsp.sum()),
+        "eval_sequences": float(nsp.sum()),
+        "eval_masked_tokens": float(mlm.sum()),
+    }
+
+
+def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
+    """``schedule.budget_tokens`` in samples of the training split (its mean tokens per sample)."""
+    budget = cfg.schedule.budget_tokens
+    split = manifest.splits.get(cfg.data.split)
+    if budget is None or split is None or not split.samples:
+        return None  # no budget; a missing split is reported by the reader
+    samples = max(1, round(budget * split.samples / split.tokens))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.data.micro_batch_size * cfg.engine.gradient_accumulation_steps * world
+    warmup = cfg.schedule.warmup_steps * per_step
+    if samples <= warmup:
+        raise ConfigError(
+            f"schedule.budget_tokens={budget} ({samples} samples at {split.tokens / split.samples:.1f} "
+            f"tokens each) ends before the {cfg.schedule.warmup_steps} warmup steps ({warmup} samples "
+            f"at {per_step} per step)"
+        )
+    return samples
 
 
 def main(cfg: PretrainConfig) -> TrainState:
@@ -156,6 +202,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         plan_resume(cfg, saved, dist.world_size)
         universal = needs_universal(saved, dist.world_size, cfg.engine.zero_stage)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size, universal)
+    budget_samples = token_budget_samples(cfg, manifest)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = BertForPreTraining(bert_config)
     if init_weights is not None:
@@ -165,7 +212,14 @@ def main(cfg: PretrainConfig) -> TrainState:
             raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
         log.info("initialised weights from %s", cfg.checkpoint.init_from)
     engine = create_engine(
-        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps, universal
+        model,
+        cfg.engine,
+        cfg.optimizer,
+        cfg.schedule,
+        cfg.data.micro_batch_size,
+        cfg.max_steps,
+        budget_samples=budget_samples,
+        load_universal=universal,
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
@@ -192,9 +246,10 @@ def main(cfg: PretrainConfig) -> TrainState:
         gradient_accumulation_steps=cfg.engine.gradient_accumulation_steps,
         num_workers=cfg.data.num_workers,
         masking=cfg.data.masking,
-        mlm_probability=cfg.data.mlm_probability,
+        masked_lm_prob=cfg.data.masked_lm_prob,
+        max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
-        max_seq_length=bert_config.max_position_embeddings,
+        max_position_embeddings=bert_config.max_position_embeddings,
         start_step=state.step,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
         sample_log=output_dir / f"sample_ids.rank{dist.rank}.jsonl" if cfg.debug.log_sample_ids else None,
@@ -213,6 +268,21 @@ def main(cfg: PretrainConfig) -> TrainState:
         if cfg.data.eval_split in manifest.splits
         else []
     )
+
+    baselines = majority_baselines(validation, bert_config.vocab_size, engine.device) if validation else {}
+    if validation and baselines.get("eval_sequences", 0) < MIN_EVAL_SEQUENCES:
+        log.warning(
+            "%s split %s: %d sequences evaluated (eval.max_batches=%d): accuracy is too noisy to compare "
+            "runs below %d",
+            cfg.data.eval_split,
+            cfg.data.shards,
+            baselines.get("eval_sequences", 0),
+            cfg.eval.max_batches,
+            MIN_EVAL_SEQUENCES,
+        )
+
+    def evaluate_with_baselines() -> dict[str, float]:
+        return {**evaluate(engine, validation), **baselines}
 
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
@@ -250,6 +320,14 @@ def main(cfg: PretrainConfig) -> TrainState:
     if cfg.debug.stall_at_step is not None and dist.rank == cfg.debug.stall_rank:
         stream = _stall(stream, (cfg.debug.stall_at_step - 1) * cfg.engine.gradient_accumulation_steps)
     stop_at = cfg.max_steps
+    if budget_samples is not None:  # the budget ends the run; the scheduler knows how far it is
+        stop_at = min(stop_at, state.step + engine.lr_scheduler.steps_left())
+        log.info(
+            "token budget %d = %d samples: training stops at step %d",
+            cfg.schedule.budget_tokens,
+            budget_samples,
+            stop_at,
+        )
     if cfg.debug.exit_after_step is not None:
         stop_at = min(stop_at, cfg.debug.exit_after_step)
     status = "FAILED"
@@ -261,7 +339,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             max_steps=stop_at,
             tracker=tracker,
             step_metrics=pretraining_losses,
-            evaluate=(lambda: evaluate(engine, validation)) if validation else None,
+            evaluate=evaluate_with_baselines if validation else None,
             eval_every=cfg.eval.every,
             save=save,
             save_every=cfg.checkpoint.save_every,
@@ -286,7 +364,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             skipped = set().union(*all_gather_object(sorted(batches.skipped)))
             tracker.log_metrics(state.step, {"skipped_shards": len(skipped)})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
-            tracker.log_metrics(state.step, evaluate(engine, validation))
+            tracker.log_metrics(state.step, evaluate_with_baselines())
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"

@@ -146,7 +146,7 @@ def test_cli_config_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_cli_builds_the_embedded_demo_corpus(tmp_path):
-    """No --config: the real gensim enwiki dump + Hamlet, end to end through the CLI."""
+    """No --config: the embedded demo corpus (configs/demo.yaml), end to end through the CLI."""
     result = run_cli(f"output_dir={tmp_path / 'demo'}", "progress=false")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {tmp_path / 'demo'} (train: ")
@@ -154,6 +154,10 @@ def test_cli_builds_the_embedded_demo_corpus(tmp_path):
     assert manifest.inputs["documents"] >= 100 and manifest.vocab_size == 8000
     assert manifest.splits["train"].samples >= 4000 and manifest.skipped == []
     assert 0.45 < manifest.inputs["random_next_fraction"] < 0.55
+    read = manifest.inputs["sources"]  # every input of demo.yaml recorded with its documents
+    assert read["r://tokenizers/mobydick"] == 1 and sum(k.startswith("r://janeaustenr/") for k in read) == 6
+    assert sum(n for k, n in read.items() if k.endswith("lee_background.cor")) == 300
+    assert any(k.endswith("enwiki-table-markup.xml.bz2") for k in read)
 
 
 def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_path):
@@ -192,3 +196,15 @@ def test_whole_word_masking_end_to_end(local_ray, tiny_config, tmp_path):
                 whole += len(orphans) == 0
                 total += 1
     assert total > 200 and whole / total > 0.9
+
+
+def test_every_node_must_see_the_output_directory(local_ray, tmp_path):
+    """The start-up check runs a task on every Ray node: here one node, which sees the directory; a
+    marker a node cannot read is reported with the reason that node found."""
+    from bertscale.data_pipeline.run import _sees_task, check_shared
+
+    check_shared(tmp_path, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the marker is gone
+    assert ray.get(_sees_task.remote(str(tmp_path / "absent"), "token")) == "No such file or directory"
+    (tmp_path / "marker").write_text("another")
+    assert ray.get(_sees_task.remote(str(tmp_path / "marker"), "token")) == "it holds another run's marker"

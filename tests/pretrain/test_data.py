@@ -22,7 +22,9 @@ from bertscale.data_pipeline.schema import (
     encode_sample,
     load_manifest,
     load_shard,
+    masking_vocab,
     read_shard,
+    special_token_ids,
 )
 from bertscale.errors import DataError
 from bertscale.pretrain.data import (
@@ -137,7 +139,7 @@ def test_sample_log_records_step_micro_batch_and_ids(synthetic_shards, tmp_path)
 
 def test_sequences_longer_than_the_model_are_refused(synthetic_shards):
     with pytest.raises(DataError, match="max_position_embeddings 16"):
-        PretrainBatches(synthetic_shards, "train", micro_batch_size=2, max_seq_length=16)
+        PretrainBatches(synthetic_shards, "train", micro_batch_size=2, max_position_embeddings=16)
 
 
 # --- whole-shard reading and its checks ----------------------------------------------------------
@@ -262,6 +264,7 @@ def test_static_masking_uses_one_draw_per_epoch(make_sample):
 def test_batch_masking_statistics(make_sample):
     """15% of non-special tokens are chosen; of those 80% [MASK], 10% random, 10% unchanged."""
     rng = np.random.default_rng(0)
+    vocab = masking_vocab(VOCAB_SIZE, special_token_ids())
     chosen = total = masked = randomised = kept = 0
     for b in range(150):
         samples = [make_sample(rng, f"s{b}_{i}", max_len=64) for i in range(20)]
@@ -270,7 +273,7 @@ def test_batch_masking_statistics(make_sample):
         original = np.zeros((len(samples), width), np.int64)
         for i, s in enumerate(samples):
             original[i, : s.num_tokens] = s.input_ids
-        ids, labels = mask_batch(original, rng, VOCAB_SIZE, 0.15)
+        ids, labels = mask_batch(original, rng, vocab, 0.15)
         special = original < NUM_SPECIAL_TOKENS
         chosen_mask = labels != IGNORE_INDEX
         assert not (special & chosen_mask).any()
@@ -307,7 +310,7 @@ def test_dynamic_masks_are_drawn_from_seed_step_and_micro_batch(synthetic_shards
         original = np.zeros(tuple(batch["input_ids"].shape), np.int64)
         for row, sample_id in enumerate(ids):
             original[row, : len(rows[int(sample_id)])] = rows[int(sample_id)]
-        masked, labels = mask_batch(original, np.random.default_rng([2, step, 0]), VOCAB_SIZE, 0.15)
+        masked, labels = mask_batch(original, np.random.default_rng([2, step, 0]), reader.vocab, 0.15)
         assert batch["input_ids"].tolist() == masked.tolist()
         assert batch["labels"].tolist() == labels.tolist()
 
