@@ -199,7 +199,12 @@ def universal_checkpoint(step_dir: Path, cache: Path) -> Path:
         )
         log.info("converting %s to a universal checkpoint for another world size / ZeRO stage", step_dir)
         try:
-            with weights_only_loading(step_dir / DEEPSPEED), contextlib.redirect_stdout(io.StringIO()):
+            chatter = io.StringIO()  # its prints and progress bars
+            with (
+                weights_only_loading(step_dir / DEEPSPEED),
+                contextlib.redirect_stdout(chatter),
+                contextlib.redirect_stderr(chatter),
+            ):
                 ds_to_universal(args)
         except CheckpointError:
             raise
