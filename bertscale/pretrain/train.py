@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 
-from bertscale.atomic import atomic_write_text
+from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
 from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
@@ -58,6 +59,20 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
         "eval_mlm_loss": total["mlm_loss"] / total["masked"],
         "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
+
+
+RUN_FILES = frozenset(
+    {"config.yaml", "ds_config.json", "metrics.jsonl", "checkpoints", "mlflow.db", "mlartifacts"}
+)
+
+
+def _resumable_run(output_dir: Path, resume: str) -> bool:
+    """A run dir of ours that this run continues: nothing else in it, and resume=never would not
+    overwrite and prune the checkpoints of an earlier run."""
+    entries = {p.name for p in output_dir.iterdir()}
+    checkpoints = output_dir / "checkpoints"
+    earlier = checkpoints.is_dir() and any(checkpoints.iterdir())
+    return entries <= RUN_FILES and not (resume == "never" and earlier)
 
 
 MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
@@ -106,6 +121,14 @@ def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
 
 def main(cfg: PretrainConfig) -> TrainState:
     # user input is checked before any process group exists: a bad path fails fast and clearly
+    prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[cfg.data.shards, cfg.checkpoint.init_from],
+        reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
+    )
     manifest = load_manifest(cfg.data.shards)
     bert_config = cfg.model.resolve(manifest.vocab_size)
     if bert_config.vocab_size < manifest.vocab_size:
