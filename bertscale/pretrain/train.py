@@ -216,8 +216,11 @@ def main(cfg: PretrainConfig) -> TrainState:
             MIN_EVAL_SEQUENCES,
         )
 
+    last_eval: dict[str, float] = {}
+
     def evaluate_with_baselines() -> dict[str, float]:
-        return {**evaluate(engine, validation), **baselines}
+        last_eval.update(evaluate(engine, validation), **baselines)
+        return dict(last_eval)
 
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
@@ -285,6 +288,18 @@ def main(cfg: PretrainConfig) -> TrainState:
             tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
             tracker.log_metrics(state.step, evaluate_with_baselines())
+        if last_eval.get("eval_mlm_accuracy") is not None:
+            log.info(
+                "eval at step %d: MLM accuracy %.4f (always the most frequent token: %.4f, %.2fx); "
+                "NSP accuracy %.4f (majority label: %.4f); %d sequences",
+                state.step,
+                last_eval["eval_mlm_accuracy"],
+                last_eval["eval_mlm_baseline_accuracy"],
+                last_eval["eval_mlm_accuracy"] / max(last_eval["eval_mlm_baseline_accuracy"], 1e-12),
+                last_eval["eval_nsp_accuracy"],
+                last_eval["eval_nsp_baseline_accuracy"],
+                last_eval["eval_sequences"],
+            )
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"
