@@ -27,17 +27,17 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from bertscale.atomic import atomic_directory, atomic_write
+from bertscale.atomic import atomic_directory, atomic_write, prepare_output_dir
 from bertscale.config import to_dict
 from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import SampleRecipe
 from bertscale.data_pipeline.schema import (
-    MANIFEST_NAME,
     SPLITS,
     TOKENIZER_NAME,
     Manifest,
     SplitInfo,
+    is_dataset_file,
     masking_vocab,
     special_token_ids,
 )
@@ -140,11 +140,16 @@ def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
     read_clean, dedup, tokenizer, encode, join, pairs, plan, shards, write (tokenizer file,
     manifest, publishing).
     """
-    output = Path(cfg.output_dir)
-    if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{output}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it"
-        )
+    wiki, _ = sources.expand_inputs(cfg.inputs.wiki)
+    books, _ = sources.expand_inputs(cfg.inputs.books)
+    model_path = cfg.tokenizer.model_path
+    output = prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[*wiki, *books, sources.resolve_path(model_path) if model_path else None],
+    )
     started = _init_ray(cfg.num_workers)
     try:
         return _run(cfg, output, _Clock(timings if timings is not None else {}))
@@ -234,7 +239,7 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
 def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
     model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, owned=is_dataset_file) as tmp:
         spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
         spill_dir.mkdir()
         try:
