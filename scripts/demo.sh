@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything, then run the embedded default end to end on CPU:
-#   real shipped corpus (Wikipedia dump + a book) → Ray pipeline → DeepSpeed pretraining (2 CPU ranks, gloo)
+#   real shipped corpus (Wikipedia dump, news, books) → Ray pipeline → DeepSpeed pretraining (2 CPU ranks, gloo)
 #   → fine-tuning (sentence classification + NER) → every run in one MLflow store.
 # Outputs go to ./.demo (override with DEMO_DIR=...). Extra key=value arguments go to the pretrain job.
 set -euo pipefail
@@ -16,7 +16,7 @@ TRACKING="sqlite:///$DEMO_DIR/mlflow.db"
 START=$(date +%s)
 step() { printf '\n=== [%3ds] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
-step "1/4 data pipeline (Ray): Wikipedia dump + Hamlet -> WebDataset shards"
+step "1/4 data pipeline (Ray): Wikipedia dump, news, Hamlet, Austen, Moby Dick -> WebDataset shards"
 python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards" overwrite=true \
   mlflow.enabled=true mlflow.tracking_uri="$TRACKING"
 
