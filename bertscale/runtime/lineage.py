@@ -96,7 +96,16 @@ def _command_line(argv: list[str]) -> str:
     module = argv and argv[0].endswith("__main__.py")  # python -m pkg: argv[0] is pkg/__main__.py
     words = [redact(word) for word in (argv[1:] if module else argv)]
     line = " ".join(shlex.quote(w) for w in words)
-    return f"-m {Path(argv[0]).parent.name} {line}" if module else line
+    return f"-m {_module_name(Path(argv[0]).parent)} {line}" if module else line
+
+
+def _module_name(package: Path) -> str:
+    """``.../bertscale/pretrain`` → ``bertscale.pretrain`` (up through the dirs holding ``__init__.py``)."""
+    parts = [package.name]
+    while (package.parent / "__init__.py").is_file():
+        package = package.parent
+        parts.insert(0, package.name)
+    return ".".join(parts)
 
 
 def sha256_file(path: Path) -> str:

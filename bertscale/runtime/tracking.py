@@ -183,8 +183,9 @@ class Tracker:
         self.jsonl.flush()
         log.info("step %d  %s", step, "  ".join(f"{k} {v:.6g}" for k, v in values.items()))
         held_out = {k: v for k, v in values.items() if k.startswith(("eval_", "test_"))}
-        if held_out:
-            self._eval = (step, held_out)
+        if held_out:  # eval_* and test_* of one step may come in separate calls
+            same_step = self._eval is not None and self._eval[0] == step
+            self._eval = (step, {**self._eval[1], **held_out} if same_step else held_out)
         if self.client is None:
             return
         from mlflow.entities import Metric

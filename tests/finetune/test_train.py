@@ -72,6 +72,7 @@ def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_
     client, run = _mlflow_run(out, store)
     assert run.info.status == "FINISHED"
     # lineage: which data, which checkpoint (the logged model of the pretraining run), the final model
+    run = client.get_run(run.info.run_id)  # search_runs leaves a run's model inputs out
     (data,) = run.inputs.dataset_inputs
     assert data.dataset.name == "rotten_tomatoes" and json.loads(data.dataset.profile)["files"] == 1
     assert [m.model_id for m in run.inputs.model_inputs] == [source_model]

@@ -39,7 +39,7 @@ def _tracker(tmp_path: Path, name: str, **kwargs) -> Tracker:
 def test_run_records_code_command_versions_hosts_and_no_secret(tmp_path, monkeypatch):
     secret = "s3cretPW"
     argv = [
-        "bertscale/pretrain/__main__.py",
+        str(REPO / "bertscale" / "pretrain" / "__main__.py"),
         "--config",
         "x.yaml",
         f"mlflow.tracking_uri=http://ml:{secret}@h:5000",
@@ -66,7 +66,8 @@ def test_run_records_code_command_versions_hosts_and_no_secret(tmp_path, monkeyp
     assert tags["mlflow.note.content"] == "**Pretraining** a test"
     assert tags["bertscale.job"] == "pretrain"
     assert (
-        tags["bertscale.command"] == "-m pretrain --config x.yaml 'mlflow.tracking_uri=http://ml:***@h:5000'"
+        tags["bertscale.command"]
+        == "-m bertscale.pretrain --config x.yaml 'mlflow.tracking_uri=http://ml:***@h:5000'"
     )
     assert tags["bertscale.version.torch"] == torch.__version__
     assert {"bertscale.version.deepspeed", "bertscale.version.ray", "bertscale.version.mlflow"} <= set(tags)
