@@ -234,6 +234,7 @@ def test_export_refuses_weights_that_do_not_match_the_config(tmp_path):
     export_to_hf(ours.config, tied_dropped, tmp_path / "hf")  # tied keys may be absent: restored
 
 
+@pytest.mark.integration
 def test_cli_error_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [
