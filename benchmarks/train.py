@@ -34,8 +34,15 @@ import numpy as np
 import torch
 import transformers
 
-from bertscale.data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
-from bertscale.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
+from bertscale.data_pipeline.schema import (
+    CLS_ID,
+    NUM_SPECIAL_TOKENS,
+    SEP_ID,
+    masking_vocab,
+    special_token_ids,
+)
+from bertscale.masking import IGNORE_INDEX, mask_sequence
+from bertscale.model import BertConfig, BertForPreTraining, training_flops_per_token
 
 CONFIGS = {  # name -> (BertConfig overrides, goal for our speed-up over HuggingFace)
     "L4-H256": (
@@ -73,10 +80,11 @@ def make_batch(
     max_seq_length: int,
     vocab_size: int,
     rng: np.random.Generator,
-    mlm_probability: float = 0.15,
+    masked_lm_prob: float = 0.15,
 ) -> dict[str, torch.Tensor]:
     """A right-padded HF-style batch (as bertscale.pretrain.data.collate makes), padded to max_seq_length."""
     lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
+    vocab = masking_vocab(vocab_size, special_token_ids())
     input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
     labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)
     token_type_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)
@@ -87,15 +95,7 @@ def make_batch(
         ids[0], ids[len_a], ids[length - 1] = CLS_ID, SEP_ID, SEP_ID
         token_type_ids[i, len_a + 1 : length] = 1
         attention_mask[i, :length] = 1
-        # BERT masking: 15% of non-special tokens; 80% -> [MASK], 10% -> random, 10% unchanged
-        candidates = np.flatnonzero(ids >= NUM_SPECIAL_TOKENS)
-        chosen = rng.choice(candidates, max(1, round(mlm_probability * len(candidates))), replace=False)
-        labels[i, chosen] = ids[chosen]
-        action = rng.random(len(chosen))
-        ids[chosen[action < 0.8]] = MASK_ID
-        randomized = chosen[(action >= 0.8) & (action < 0.9)]
-        ids[randomized] = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, len(randomized))
-        input_ids[i, :length] = ids
+        input_ids[i, :length], labels[i, :length] = mask_sequence(ids, rng, vocab, masked_lm_prob)  # dynamic
     batch = dict(
         input_ids=input_ids,
         token_type_ids=token_type_ids,

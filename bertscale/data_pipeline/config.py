@@ -11,6 +11,8 @@ class InputsConfig:
     # Paths or globs; ``pkg://gensim/test/test_data/x.bz2`` resolves inside an installed package.
     wiki: list[str] = field(default_factory=list)  # pages-articles dumps, .xml or .xml.bz2
     books: list[str] = field(default_factory=list)  # UTF-8 .txt files, one book per file
+    line_documents: list[str] = field(default_factory=list)  # UTF-8 text, one document per line
+    r_datasets: list[str] = field(default_factory=list)  # PACKAGE[/NAME]: books in R data packages
     max_documents: int | None = None  # cap (in input order) to keep demo runs small
     min_sentence_chars: int = 8  # shorter fragments (stray markup, headings) are dropped
 

@@ -31,7 +31,16 @@ from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
 from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from bertscale.data_pipeline.instances import SampleRecipe
+from bertscale.data_pipeline.schema import (
+    MANIFEST_NAME,
+    SPLITS,
+    TOKENIZER_NAME,
+    Manifest,
+    SplitInfo,
+    masking_vocab,
+    special_token_ids,
+)
 from bertscale.data_pipeline.shards import write_manifest
 from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
 from bertscale.data_pipeline.tokenizer import (
@@ -197,6 +206,7 @@ class _Stage:
         self.cfg, self.spill_dir = cfg, spill_dir
         self.parts = cfg.num_workers * TASKS_PER_WORKER
         self.skips = _Skips(cfg.on_bad_input == "fail")
+        self.read_from: dict[str, int] = {}  # raw documents read per input (recorded in the manifest)
         self._bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
 
     def gather(self, refs: list[ray.ObjectRef], sizes: list[int], desc: str, unit: str) -> list[Any]:
@@ -260,6 +270,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
                     "validation_documents": stages.num_validation(
                         corpus["documents"], cfg.split.validation_fraction
                     ),
+                    "sources": stage.read_from,
                     **duplicates,
                     **contamination,
                 },
@@ -300,10 +311,12 @@ def check_shared(directory: Path, output: Path) -> None:
 
 
 def _read_units(stage: _Stage) -> list[ReadUnit]:
-    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books."""
+    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books,
+    one-document-per-line files, R data packages."""
     wiki_files, missing_wiki = sources.expand_inputs(stage.cfg.inputs.wiki)
     book_files, missing_books = sources.expand_inputs(stage.cfg.inputs.books)
-    for item in missing_wiki + missing_books:
+    line_files, missing_lines = sources.expand_inputs(stage.cfg.inputs.line_documents)
+    for item in missing_wiki + missing_books + missing_lines:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
     refs = {
@@ -322,7 +335,9 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
                 raise DataError(problem)
             print(f"warning: {problem}; {path} is read as one stream", file=sys.stderr, flush=True)
         units.extend(ranges)
-    return units + [ReadUnit("book", path) for path in book_files]
+    units += [ReadUnit("book", path) for path in book_files]
+    units += [ReadUnit("lines", path) for path in line_files]
+    return units + [ReadUnit("r", f"r://{spec}") for spec in stage.cfg.inputs.r_datasets]
 
 
 def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
@@ -354,7 +369,7 @@ def read_stage(stage: _Stage) -> list[Chunk]:
             jobs.append(
                 ([(number, unit)], _read_task.remote([(number, unit)], limit, min_chars, stage.spill_dir))
             )
-    for group in _book_groups([(n, u) for n, u in units if u.kind == "book"]):
+    for group in _book_groups([(n, u) for n, u in units if u.kind != "wiki"]):
         jobs.append((group, _read_task.remote(group, limit, min_chars, stage.spill_dir)))
     jobs.sort(key=lambda job: job[0][0][0])
     results = stage.gather([ref for _, ref in jobs], [len(group) for group, _ in jobs], "read", "file")
@@ -365,10 +380,13 @@ def read_stage(stage: _Stage) -> list[Chunk]:
                 where = unit.path if unit.end is None else f"{unit.path} (bytes {unit.start}-{unit.end})"
                 stage.skips.add(where, error)
             chunks.extend(unit_chunks)
+            stage.read_from[unit.path] = stage.read_from.get(unit.path, 0) + sum(c.raws for c in unit_chunks)
     if limit is not None:
         chunks = _cap(chunks, limit)
     if sum(c.documents for c in chunks) == 0:
-        raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+        raise DataError(
+            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets)"
+        )
     return chunks
 
 
@@ -525,9 +543,10 @@ def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> di
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
     sp = processor(model_proto)
-    vocab_size, word_start = sp.get_piece_size(), word_start_table(sp)
+    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, vocab, cfg.seed, word_start_table(sp)))
     refs = [
-        _samples_task.remote(stage.spill_dir, i, a, b, pool, cfg.pairs, vocab_size, cfg.seed, word_start)
+        _samples_task.remote(stage.spill_dir, i, a, b, recipe)
         for i, (a, b) in enumerate(corpus["ranges"])
     ]
     produced = stage.gather(refs, [b - a for a, b in corpus["ranges"]], "pairs", "doc")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bertscale.errors import DataError
+from bertscale.masking import MaskingVocab
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -40,6 +41,17 @@ PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
+
+
+def special_token_ids() -> dict[str, int]:
+    """Token → id of the specials, as a manifest records them."""
+    return dict(zip(SPECIAL_TOKENS, range(NUM_SPECIAL_TOKENS), strict=True))
+
+
+def masking_vocab(vocab_size: int, special_tokens: dict[str, int]) -> MaskingVocab:
+    """What :mod:`bertscale.masking` needs of a vocabulary whose specials are ``special_tokens``."""
+    return MaskingVocab(vocab_size, special_tokens[MASK_TOKEN], tuple(sorted(special_tokens.values())))
+
 
 NEXT_IS_REAL, NEXT_IS_RANDOM = 0, 1  # HuggingFace convention for next_sentence_label
 
@@ -199,9 +211,7 @@ class Manifest:
     dropped_samples: dict[str, int] = field(default_factory=dict)  # remainder not filling a shard
     format_version: int = FORMAT_VERSION
     tokenizer_file: str = TOKENIZER_NAME
-    special_tokens: dict[str, int] = field(
-        default_factory=lambda: dict(zip(SPECIAL_TOKENS, range(NUM_SPECIAL_TOKENS), strict=True))
-    )
+    special_tokens: dict[str, int] = field(default_factory=special_token_ids)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -209,6 +219,9 @@ class Manifest:
             data["splits"][name]["samples"] = split.samples
             data["splits"][name]["tokens"] = split.tokens
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def masking_vocab(self) -> MaskingVocab:
+        return masking_vocab(self.vocab_size, self.special_tokens)
 
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from bertscale.data_pipeline import multistream, sources, spill
-from bertscale.data_pipeline.config import PairsConfig, SplitConfig, TokenizerConfig
-from bertscale.data_pipeline.instances import Corpus, range_samples
+from bertscale.data_pipeline import multistream, r_datasets, sources, spill
+from bertscale.data_pipeline.config import SplitConfig, TokenizerConfig
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
 from bertscale.data_pipeline.schema import SPLITS, ShardInfo, shard_name
 from bertscale.data_pipeline.shards import SampleBatch, ShardPlan, plan_shards, write_shard
 from bertscale.data_pipeline.tokenizer import processor, train_tokenizer
@@ -36,7 +36,7 @@ BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step
 class ReadUnit:
     """What one read task reads: a whole file, or a byte range of a multistream dump."""
 
-    kind: str  # "wiki" | "book"
+    kind: str  # "wiki" | "book" | "lines" (a document per line) | "r" (path r://PACKAGE[/NAME])
     path: str
     start: int = 0
     end: int | None = None  # None: the whole file
@@ -60,6 +60,10 @@ def clean_path(spill_dir: Path, unit: int, batch: int) -> Path:
 def raw_documents(unit: ReadUnit) -> Iterator[sources.RawDocument]:
     if unit.kind == "book":
         yield sources.read_book(unit.path)
+    elif unit.kind == "lines":
+        yield from sources.read_line_documents(unit.path)
+    elif unit.kind == "r":
+        yield from r_datasets.iter_r_texts(unit.path.removeprefix("r://"))
     elif unit.end is None:
         yield from sources.iter_wiki_pages(unit.path)
     else:
@@ -183,10 +187,7 @@ def join_corpus(spill_dir: Path, encode_parts: int, parts: int) -> tuple[int, li
 # --- pairs + masks -----------------------------------------------------------------------------
 
 
-def sample_blocks(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray,
-) -> Iterator[SampleBatch]:  # fmt: skip
+def sample_blocks(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> Iterator[SampleBatch]:
     """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
     ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
     blocking changes no byte)."""
@@ -196,30 +197,22 @@ def sample_blocks(
     )
     cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
     for a, b in itertools.pairwise(cuts.tolist()):
-        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
+        yield SampleBatch.from_arrays(range_samples(corpus, a, b, recipe))
 
 
-def build_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray,
-) -> SampleBatch:  # fmt: skip
+def build_samples(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> SampleBatch:
     """:func:`sample_blocks` in memory, as one batch."""
-    return SampleBatch.concatenate(
-        list(sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start))
-    )
+    return SampleBatch.concatenate(list(sample_blocks(corpus, first, last, recipe)))
 
 
 def records_path(spill_dir: Path, part: int) -> Path:
     return spill_dir / f"records-{part:06d}.bin"
 
 
-def samples_part(
-    spill_dir: Path, part: int, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int,
-    seed: int, word_start: np.ndarray,
-) -> tuple[int, int]:  # fmt: skip
+def samples_part(spill_dir: Path, part: int, first: int, last: int, recipe: SampleRecipe) -> tuple[int, int]:
     """Samples of documents ``first..last-1`` → records + metadata files; returns (samples, random Bs)."""
     corpus = spill.load_corpus(spill_dir)
-    blocks = sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start)
+    blocks = sample_blocks(corpus, first, last, recipe)
     batch = spill.spill_records(blocks, records_path(spill_dir, part))
     spill.save_samples(spill_dir / f"samples-{part:06d}.npy", batch, part)
     return len(batch), int(batch.labels.sum())

@@ -14,7 +14,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import load_manifest
+from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
@@ -60,6 +60,50 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
     }
 
 
+MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
+
+
+def majority_baselines(batches: list[dict[str, torch.Tensor]], vocab_size: int, device) -> dict[str, float]:
+    """Accuracy of a constant answer on the validation batches of all ranks: always the most frequent
+    masked target token (MLM), always the more frequent label (NSP). What learning must beat."""
+    counts = torch.zeros(vocab_size + 2, dtype=torch.float64)  # per target id, then NSP labels 0/1
+    for batch in batches:
+        targets = batch["labels"][batch["labels"] >= 0]
+        counts[:vocab_size] += torch.bincount(targets, minlength=vocab_size)[:vocab_size].double()
+        counts[vocab_size:] += torch.bincount(batch["next_sentence_label"], minlength=2)[:2].double()
+    counts = counts.to(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    mlm, nsp = counts[:vocab_size], counts[vocab_size:]
+    if not nsp.sum():
+        return {}
+    return {
+        "eval_mlm_baseline_accuracy": float(mlm.max() / mlm.sum().clamp(min=1)),
+        "eval_nsp_baseline_accuracy": float(nsp.max() / nsp.sum()),
+        "eval_sequences": float(nsp.sum()),
+        "eval_masked_tokens": float(mlm.sum()),
+    }
+
+
+def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
+    """``schedule.budget_tokens`` in samples of the training split (its mean tokens per sample)."""
+    budget = cfg.schedule.budget_tokens
+    split = manifest.splits.get(cfg.data.split)
+    if budget is None or split is None or not split.samples:
+        return None  # no budget; a missing split is reported by the reader
+    samples = max(1, round(budget * split.samples / split.tokens))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.data.micro_batch_size * cfg.engine.gradient_accumulation_steps * world
+    warmup = cfg.schedule.warmup_steps * per_step
+    if samples <= warmup:
+        raise ConfigError(
+            f"schedule.budget_tokens={budget} ({samples} samples at {split.tokens / split.samples:.1f} "
+            f"tokens each) ends before the {cfg.schedule.warmup_steps} warmup steps ({warmup} samples "
+            f"at {per_step} per step)"
+        )
+    return samples
+
+
 def main(cfg: PretrainConfig) -> TrainState:
     # user input is checked before any process group exists: a bad path fails fast and clearly
     manifest = load_manifest(cfg.data.shards)
@@ -74,6 +118,7 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
+    budget_samples = token_budget_samples(cfg, manifest)
     init_weights = load_pretrained(cfg.checkpoint.init_from).state_dict if cfg.checkpoint.init_from else None
     tokenizer = find_tokenizer(cfg.data.shards)
 
@@ -91,7 +136,13 @@ def main(cfg: PretrainConfig) -> TrainState:
             raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
         log.info("initialised weights from %s", cfg.checkpoint.init_from)
     engine = create_engine(
-        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps
+        model,
+        cfg.engine,
+        cfg.optimizer,
+        cfg.schedule,
+        cfg.data.micro_batch_size,
+        cfg.max_steps,
+        budget_samples=budget_samples,
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
@@ -110,7 +161,8 @@ def main(cfg: PretrainConfig) -> TrainState:
         world_size=dist.world_size,
         num_workers=cfg.data.num_workers,
         masking=cfg.data.masking,
-        mlm_probability=cfg.data.mlm_probability,
+        masked_lm_prob=cfg.data.masked_lm_prob,
+        max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
         max_position_embeddings=bert_config.max_position_embeddings,
         state=data_state,
@@ -128,6 +180,21 @@ def main(cfg: PretrainConfig) -> TrainState:
         if cfg.data.eval_split in manifest.splits
         else []
     )
+
+    baselines = majority_baselines(validation, bert_config.vocab_size, engine.device) if validation else {}
+    if validation and baselines.get("eval_sequences", 0) < MIN_EVAL_SEQUENCES:
+        log.warning(
+            "%s split %s: %d sequences evaluated (eval.max_batches=%d): accuracy is too noisy to compare "
+            "runs below %d",
+            cfg.data.eval_split,
+            cfg.data.shards,
+            baselines.get("eval_sequences", 0),
+            cfg.eval.max_batches,
+            MIN_EVAL_SEQUENCES,
+        )
+
+    def evaluate_with_baselines() -> dict[str, float]:
+        return {**evaluate(engine, validation), **baselines}
 
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
@@ -160,6 +227,14 @@ def main(cfg: PretrainConfig) -> TrainState:
         )
 
     stop_at = cfg.max_steps
+    if budget_samples is not None:  # the budget ends the run; the scheduler knows how far it is
+        stop_at = min(stop_at, state.step + engine.lr_scheduler.steps_left())
+        log.info(
+            "token budget %d = %d samples: training stops at step %d",
+            cfg.schedule.budget_tokens,
+            budget_samples,
+            stop_at,
+        )
     if cfg.debug.exit_after_step is not None:
         stop_at = min(stop_at, cfg.debug.exit_after_step)
     status = "FAILED"
@@ -171,7 +246,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             max_steps=stop_at,
             tracker=tracker,
             step_metrics=pretraining_losses,
-            evaluate=(lambda: evaluate(engine, validation)) if validation else None,
+            evaluate=evaluate_with_baselines if validation else None,
             eval_every=cfg.eval.every,
             save=save,
             save_every=cfg.checkpoint.save_every,
@@ -186,7 +261,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
             tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
-            tracker.log_metrics(state.step, evaluate(engine, validation))
+            tracker.log_metrics(state.step, evaluate_with_baselines())
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"

@@ -147,7 +147,7 @@ def test_cli_config_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_cli_builds_the_embedded_demo_corpus(tmp_path):
-    """No --config: the real gensim enwiki dump + Hamlet, end to end through the CLI."""
+    """No --config: the embedded demo corpus (configs/demo.yaml), end to end through the CLI."""
     result = run_cli(f"output_dir={tmp_path / 'demo'}", "progress=false")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {tmp_path / 'demo'} (train: ")
@@ -155,6 +155,10 @@ def test_cli_builds_the_embedded_demo_corpus(tmp_path):
     assert manifest.inputs["documents"] >= 100 and manifest.vocab_size == 8000
     assert manifest.splits["train"].samples >= 4000 and manifest.skipped == []
     assert 0.45 < manifest.inputs["random_next_fraction"] < 0.55
+    read = manifest.inputs["sources"]  # every input of demo.yaml recorded with its documents
+    assert read["r://tokenizers/mobydick"] == 1 and sum(k.startswith("r://janeaustenr/") for k in read) == 6
+    assert sum(n for k, n in read.items() if k.endswith("lee_background.cor")) == 300
+    assert any(k.endswith("enwiki-table-markup.xml.bz2") for k in read)
 
 
 def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_path):

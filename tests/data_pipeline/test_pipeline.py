@@ -63,6 +63,9 @@ def test_manifest_describes_the_output(tiny_shards: Path) -> None:
     assert tuple(sp.id_to_piece(i) for i in range(5)) == SPECIAL_TOKENS
     assert sp.get_piece_size() == manifest.vocab_size == 600
     assert manifest.inputs["documents"] == 7  # 4 wiki articles + 3 books
+    read = manifest.inputs["sources"]  # documents read per input
+    assert {Path(p).name: n for p, n in read.items() if p.endswith("tiny_wiki.xml")} == {"tiny_wiki.xml": 4}
+    assert sorted(Path(p).parent.name for p in read if p.endswith(".txt")) == ["books"] * 3
     assert manifest.skipped == []
     total = 0
     for name, split in manifest.splits.items():

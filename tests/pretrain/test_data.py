@@ -134,10 +134,11 @@ def test_static_masking_uses_one_draw_per_epoch(make_sample):
 def test_dynamic_masking_statistics(make_sample):
     """15% of non-special tokens are chosen; of those 80% [MASK], 10% random, 10% unchanged."""
     rng = np.random.default_rng(0)
+    vocab = schema.masking_vocab(VOCAB_SIZE, schema.special_token_ids())
     chosen = total = masked = randomised = kept = 0
     for i in range(3000):
         sample = make_sample(rng, f"s{i}", max_len=64)
-        ids, labels = mask_dynamic(sample, rng, VOCAB_SIZE, 0.15)
+        ids, labels = mask_dynamic(sample, rng, vocab, 0.15)
         original = sample.input_ids
         special = (original == CLS_ID) | (original == SEP_ID)
         positions = np.flatnonzero(labels != IGNORE_INDEX)
