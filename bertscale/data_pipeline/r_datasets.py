@@ -1,8 +1,8 @@
 """Books that ship as R data packages (Debian's r-cran-janeaustenr, r-cran-tokenizers) → documents.
 
 An input ``PACKAGE`` or ``PACKAGE/NAME`` names the character-vector datasets of an installed R
-package (R itself is not needed): ``janeaustenr`` is the six Jane Austen novels, one document
-each; ``tokenizers/mobydick`` is Moby Dick. R keeps a package's datasets in a lazy-load database,
+package (R itself is not needed): ``janeaustenr`` is the six Jane Austen novels, ``tokenizers/mobydick``
+is Moby Dick; each chapter is a document. R keeps a package's datasets in a lazy-load database,
 ``data/Rdata.rdx`` (gzip, the index: name -> offset, length) + ``data/Rdata.rdb`` (per dataset a
 4-byte length and a zlib stream of the serialised object); the PyPI package ``rdata`` parses the
 serialisation. Packages are looked for in ``{sys.prefix}/share/bertscale/R/site-library`` (where
@@ -30,6 +30,7 @@ SITE_LIBRARIES = (
 )
 _GUTENBERG = re.compile(r"\*\*\* ?START OF.*?\*\*\*(.*?)\*\*\* ?END OF", re.S)
 _GUTENBERG_END = re.compile(r"\n\s*End of (the )?Project Gutenberg", re.I)
+_CHAPTER = re.compile(r"^[ \t]*(?:CHAPTER|Chapter)[ \t]+(?:[IVXLC]+|\d+)\b.*$", re.M)
 
 
 def find_package(package: str) -> Path:
@@ -48,17 +49,28 @@ def _parse(raw: bytes):
         return rdata.conversion.convert(rdata.parser.parse_data(raw))
 
 
+def split_chapters(text: str) -> list[tuple[str, str]]:
+    """(heading, body) per chapter; the front matter before the first heading is dropped. A text
+    without chapter headings is one part. Chapters as documents give the document-level
+    validation split and NSP's random-next sampling units finer than whole novels."""
+    heads = list(_CHAPTER.finditer(text))
+    if not heads:
+        return [("", text)]
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return [(h.group().strip(), text[h.end() : end]) for h, end in zip(heads, ends, strict=True)]
+
+
 def strip_gutenberg(text: str) -> str:
-    """The book without Project Gutenberg's header and licence, where it carries them."""
+    """The book without Project Gutenberg's header, "End of ..." line and licence, where it has them."""
     body = _GUTENBERG.search(text)
-    if body:
-        return body.group(1)
+    text = body.group(1) if body else text
     end = _GUTENBERG_END.search(text)
     return text[: end.start()] if end else text
 
 
 def iter_r_texts(spec: str) -> Iterator[RawDocument]:
-    """``PACKAGE[/NAME]``: one book per character-vector dataset (lines joined by newlines)."""
+    """``PACKAGE[/NAME]``: per character-vector dataset (a book: lines joined by newlines), one
+    document per chapter."""
     package, _, name = spec.partition("/")
     data = find_package(package)
     try:
@@ -74,10 +86,9 @@ def iter_r_texts(spec: str) -> Iterator[RawDocument]:
                 if getattr(value, "dtype", None) is None or value.dtype.kind not in "US":
                     continue  # not a text dataset
                 text = "\n".join(str(line) for line in value)
-                body = _GUTENBERG.search(text)  # Project Gutenberg header and licence are not the book
-                yield RawDocument(
-                    f"r://{package}/{dataset}", dataset, body.group(1) if body else text, "book"
-                )
+                for heading, body in split_chapters(strip_gutenberg(text)):
+                    title = f"{dataset} {heading}".strip()
+                    yield RawDocument(f"r://{package}/{dataset}", title, body, "book")
     except DataError:
         raise
     except Exception as err:  # a damaged database fails in many ways; any of them ends this input

@@ -27,22 +27,22 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from bertscale.atomic import atomic_directory, atomic_write
+from bertscale.atomic import atomic_directory, atomic_write, prepare_output_dir
 from bertscale.config import to_dict
 from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import SampleRecipe
 from bertscale.data_pipeline.schema import (
-    MANIFEST_NAME,
     SPLITS,
     TOKENIZER_NAME,
     Manifest,
     SplitInfo,
+    is_dataset_file,
     masking_vocab,
     special_token_ids,
 )
 from bertscale.data_pipeline.shards import write_manifest
-from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
+from bertscale.data_pipeline.stages import Chunk, ReadUnit
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
     model_sha256,
@@ -51,8 +51,6 @@ from bertscale.data_pipeline.tokenizer import (
     word_start_table,
 )
 from bertscale.errors import DataError
-
-__all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
 
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 RANGE_BYTES = 64 << 20  # compressed bytes of a multistream dump per read task, at most
@@ -138,13 +136,20 @@ def _sees_task(marker: str, token: str) -> str | None:
 def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> Path:
     """Build the dataset described by ``cfg``; returns the output directory.
 
-    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py).
+    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py):
+    read_clean, dedup, tokenizer, encode, join, pairs, plan, shards, write (tokenizer file,
+    manifest, publishing).
     """
-    output = Path(cfg.output_dir)
-    if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{output}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it"
-        )
+    wiki, _ = sources.expand_inputs(cfg.inputs.wiki)
+    books, _ = sources.expand_inputs(cfg.inputs.books)
+    model_path = cfg.tokenizer.model_path
+    output = prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[*wiki, *books, sources.resolve_path(model_path) if model_path else None],
+    )
     started = _init_ray(cfg.num_workers)
     try:
         return _run(cfg, output, _Clock(timings if timings is not None else {}))
@@ -202,8 +207,8 @@ class _Clock:
 class _Stage:
     """What the stages share: the config, the spill directory, progress bars, skips."""
 
-    def __init__(self, cfg: PipelineConfig, spill_dir: Path) -> None:
-        self.cfg, self.spill_dir = cfg, spill_dir
+    def __init__(self, cfg: PipelineConfig, spill_dir: Path, clock: _Clock) -> None:
+        self.cfg, self.spill_dir, self.clock = cfg, spill_dir, clock
         self.parts = cfg.num_workers * TASKS_PER_WORKER
         self.skips = _Skips(cfg.on_bad_input == "fail")
         self.read_from: dict[str, int] = {}  # raw documents read per input (recorded in the manifest)
@@ -234,12 +239,12 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
 def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
     model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, owned=is_dataset_file) as tmp:
         spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
         spill_dir.mkdir()
         try:
             check_shared(spill_dir, output)
-            stage = _Stage(cfg, spill_dir)
+            stage = _Stage(cfg, spill_dir, clock)
             chunks = read_stage(stage)
             clock.lap("read_clean")
             chunks, duplicates = dedup_stage(stage, chunks)
@@ -248,10 +253,11 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             model_proto = tokenize_stage(stage, chunks, model_proto)
             clock.lap("tokenizer")
             corpus = encode_stage(stage, chunks, model_proto)
-            clock.lap("encode")
+            clock.lap("join")
             samples = pairs_stage(stage, corpus, model_proto)
             clock.lap("pairs")
             splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
+            clock.lap("shards")
             with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
                 f.write(model_proto)
             manifest = Manifest(
@@ -319,6 +325,8 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
     for item in missing_wiki + missing_books + missing_lines:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
+    listed = {str(index) for index in indexes.values() if index is not None}
+    wiki_files = [path for path in wiki_files if path not in listed]  # a glob may match the indexes too
     refs = {
         path: _multistream_task.remote(path, index, stage.parts)
         for path, index in indexes.items()
@@ -422,9 +430,9 @@ def dedup_stage(stage: _Stage, chunks: list[Chunk]) -> tuple[list[Chunk], dict[s
     ]
     stage.gather(refs, [b - a for a, b in groups], "dedup", "file")
     bands, rows = dedup.lsh_bands(cfg)
-    exact_ref = _collision_task.remote(paths, [], rows, True) if cfg.exact else None
+    exact_ref = _collision_task.remote(paths, 0, 0, rows, True) if cfg.exact else None
     band_groups = _ranges(np.ones(bands), stage.parts) if cfg.near else []
-    near_refs = [_collision_task.remote(paths, list(range(a, b)), rows, False) for a, b in band_groups]
+    near_refs = [_collision_task.remote(paths, a, b, rows, False) for a, b in band_groups]
     exact = _get(exact_ref) if exact_ref is not None else np.zeros(0, np.int64)
     near = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *_get(near_refs)]), exact)
     drop = np.union1d(exact, near)
@@ -522,6 +530,7 @@ def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict
     ]
     sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
     stage.gather(refs, sizes, "encode", "doc")
+    stage.clock.lap("encode")
     sentences, doc_ranges = _get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
     for chunk in chunks:
         chunk.path.unlink()  # the text is no longer needed; only ids go on
@@ -565,6 +574,7 @@ def shards_stage(
     """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
     cfg = stage.cfg
     plans = _get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
+    stage.clock.lap("plan")
     infos: dict[str, SplitInfo] = {}
     refs, sizes, owners = [], [], []
     for split in SPLITS:

@@ -123,6 +123,9 @@ def parse_wiki_pages(f: BinaryIO, source: str) -> Iterator[RawDocument]:
 
 def _read_text(path: str) -> str:
     raw = Path(path).read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # UTF-8 text never holds NUL: an image, an archive, a zero-filled file
+        raise DataError(f"binary content, not text (NUL byte at offset {nul})")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

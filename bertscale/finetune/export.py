@@ -24,13 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 
 import torch
 
+from bertscale.atomic import prepare_output_dir
 from bertscale.errors import CheckpointError, run_cli
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
-from bertscale.model_dir import Tokenizer, find_tokenizer, load_pretrained, load_safetensors, save_model_dir
+from bertscale.model_dir import (
+    CONFIG,
+    TOKENIZER_FILES,
+    Tokenizer,
+    find_tokenizer,
+    load_pretrained,
+    load_safetensors,
+    save_model_dir,
+)
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
     "config.json",
@@ -40,6 +50,8 @@ HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
 )
 BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
+# what --overwrite replaces in a non-empty OUT; anything else there is kept
+EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_INDEX, CONFIG, *chain(*TOKENIZER_FILES.values())})
 
 
 # --- ours -> transformers --------------------------------------------------------------------
@@ -54,7 +66,7 @@ def export_to_hf(
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` of a BertForPreTraining, atomically."""
     state = check_state_dict(config, state_dict, source)
-    return save_model_dir(out_dir, config, state, tokenizer, config_name=HF_CONFIG)
+    return save_model_dir(out_dir, config, state, tokenizer, HF_CONFIG, EXPORT_FILES.__contains__)
 
 
 def save_pretrained_dir(
@@ -71,7 +83,7 @@ def save_pretrained_dir(
     state = dict(state_dict)
     cls = BertForPreTraining if any(key.startswith("cls.") for key in state) else BertModel
     check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
-    return save_model_dir(out_dir, config, state, tokenizer)
+    return save_model_dir(out_dir, config, state, tokenizer, owned=EXPORT_FILES.__contains__)
 
 
 # --- transformers -> ours --------------------------------------------------------------------
@@ -200,8 +212,20 @@ def main(argv: Sequence[str]) -> None:
         "--to-hf", metavar="CKPT", type=Path, help="our checkpoint (run, step or ZeRO dir)"
     )
     direction.add_argument("--from-hf", metavar="HFDIR", type=Path, help="a transformers BERT directory")
-    parser.add_argument("out", type=Path, help="directory to write (replaced atomically if it exists)")
+    parser.add_argument("out", type=Path, help="a new or empty directory to write")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the exported files in a non-empty OUT (others are kept)",
+    )
     args = parser.parse_args(argv)
+    prepare_output_dir(
+        args.out,
+        key="OUT",
+        overwrite=args.overwrite,
+        overwrite_hint="--overwrite",
+        inputs=[args.to_hf if args.to_hf is not None else args.from_hf],
+    )
 
     if args.to_hf is not None:
         source = args.to_hf

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 
-from bertscale.atomic import atomic_write_text
+from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
 from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import CheckpointError, ConfigError
@@ -58,6 +59,20 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
         "eval_mlm_loss": total["mlm_loss"] / total["masked"],
         "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
+
+
+RUN_FILES = frozenset(
+    {"config.yaml", "ds_config.json", "metrics.jsonl", "checkpoints", "mlflow.db", "mlartifacts"}
+)
+
+
+def _resumable_run(output_dir: Path, resume: str) -> bool:
+    """A run dir of ours that this run continues: nothing else in it, and resume=never would not
+    overwrite and prune the checkpoints of an earlier run."""
+    entries = {p.name for p in output_dir.iterdir()}
+    checkpoints = output_dir / "checkpoints"
+    earlier = checkpoints.is_dir() and any(checkpoints.iterdir())
+    return entries <= RUN_FILES and not (resume == "never" and earlier)
 
 
 MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
@@ -106,6 +121,14 @@ def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
 
 def main(cfg: PretrainConfig) -> TrainState:
     # user input is checked before any process group exists: a bad path fails fast and clearly
+    prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[cfg.data.shards, cfg.checkpoint.init_from],
+        reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
+    )
     manifest = load_manifest(cfg.data.shards)
     bert_config = cfg.model.resolve(manifest.vocab_size)
     if bert_config.vocab_size < manifest.vocab_size:
@@ -193,8 +216,11 @@ def main(cfg: PretrainConfig) -> TrainState:
             MIN_EVAL_SEQUENCES,
         )
 
+    last_eval: dict[str, float] = {}
+
     def evaluate_with_baselines() -> dict[str, float]:
-        return {**evaluate(engine, validation), **baselines}
+        last_eval.update(evaluate(engine, validation), **baselines)
+        return dict(last_eval)
 
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
@@ -262,6 +288,18 @@ def main(cfg: PretrainConfig) -> TrainState:
             tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
             tracker.log_metrics(state.step, evaluate_with_baselines())
+        if last_eval.get("eval_mlm_accuracy") is not None:
+            log.info(
+                "eval at step %d: MLM accuracy %.4f (always the most frequent token: %.4f, %.2fx); "
+                "NSP accuracy %.4f (majority label: %.4f); %d sequences",
+                state.step,
+                last_eval["eval_mlm_accuracy"],
+                last_eval["eval_mlm_baseline_accuracy"],
+                last_eval["eval_mlm_accuracy"] / max(last_eval["eval_mlm_baseline_accuracy"], 1e-12),
+                last_eval["eval_nsp_accuracy"],
+                last_eval["eval_nsp_baseline_accuracy"],
+                last_eval["eval_sequences"],
+            )
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"

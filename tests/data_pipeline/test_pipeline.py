@@ -105,5 +105,7 @@ def test_tokenizer_sample_gathered_by_tasks_is_the_seeded_sample(tiny_config, tm
     assert manifest.inputs["sentences"] > 300  # so 150 is a real sample
     raws = [*sources.iter_wiki_pages(cfg.inputs.wiki[0])]
     raws += [sources.read_book(p) for p in sources.expand_inputs(cfg.inputs.books)[0]]
-    sentences = [s for raw in raws for s in sources.clean_document(raw, cfg.inputs.min_sentence_chars).sentences]
+    sentences = [
+        s for raw in raws for s in sources.clean_document(raw, cfg.inputs.min_sentence_chars).sentences
+    ]
     assert manifest.tokenizer_sha256 == model_sha256(train_tokenizer(sentences, cfg.tokenizer, cfg.seed))

@@ -15,8 +15,9 @@ rdata = pytest.importorskip("rdata")
 
 BOOK = (
     "The Project Gutenberg EBook of Emma\n\n*** START OF THIS PROJECT GUTENBERG EBOOK EMMA ***\n\n"
-    "EMMA\n\nEmma Woodhouse, handsome, clever, and rich, had lived nearly twenty-one years.\n"
-    "She was the youngest of the two daughters.\n\n*** END OF THIS PROJECT GUTENBERG EBOOK EMMA ***\nlicence"
+    "EMMA\n\nCHAPTER I\n\nEmma Woodhouse, handsome, clever, and rich, had lived nearly twenty-one years.\n"
+    "She was the youngest of the two daughters.\n\nCHAPTER II\n\nMr. Weston was a native of Highbury.\n\n"
+    "*** END OF THIS PROJECT GUTENBERG EBOOK EMMA ***\nlicence"
 )
 
 
@@ -63,15 +64,16 @@ def library(tmp_path, monkeypatch) -> Path:
 def test_every_text_dataset_of_a_package_is_one_book_without_the_gutenberg_wrapper(library):
     docs = list(r_datasets.iter_r_texts("austen"))
     assert [(d.source, d.title, d.kind) for d in docs] == [
-        ("r://austen/emma", "emma", "book"),
-        ("r://austen/persuasion", "persuasion", "book"),
+        ("r://austen/emma", "emma CHAPTER I", "book"),  # one document per chapter, front matter dropped
+        ("r://austen/emma", "emma CHAPTER II", "book"),
+        ("r://austen/persuasion", "persuasion", "book"),  # no chapter headings: the whole book
     ]
-    assert "Gutenberg" not in docs[0].text and "licence" not in docs[0].text
-    sentences = clean_document(docs[0], 8).sentences
-    assert sentences == [
+    assert all("Gutenberg" not in d.text and "licence" not in d.text for d in docs)
+    assert clean_document(docs[0], 8).sentences == [
         "Emma Woodhouse, handsome, clever, and rich, had lived nearly twenty-one years.",
         "She was the youngest of the two daughters.",
     ]
+    assert clean_document(docs[1], 8).sentences == ["Mr. Weston was a native of Highbury."]
     (one,) = r_datasets.iter_r_texts("austen/persuasion")
     assert one.text.endswith("never took up any book.")
 
@@ -92,7 +94,7 @@ def test_missing_package_dataset_and_damaged_database_are_one_clear_error(librar
     with pytest.raises(DataError, match=r"unreadable R data in .*austen/data"):
         for doc in r_datasets.iter_r_texts("austen"):
             docs.append(doc.title)
-    assert docs == ["emma"]  # what came before the damage was delivered
+    assert docs == ["emma CHAPTER I", "emma CHAPTER II"]  # what came before the damage was delivered
 
 
 def test_line_documents_one_per_non_empty_line(tmp_path):
@@ -114,12 +116,20 @@ def test_the_installed_demo_books_when_present():
         r_datasets.find_package("janeaustenr")
     except DataError:
         pytest.skip("r-cran-janeaustenr not unpacked here")
-    titles = [d.title for d in r_datasets.iter_r_texts("janeaustenr")]
-    assert titles == [
-        "emma",
-        "mansfieldpark",
-        "northangerabbey",
-        "persuasion",
-        "prideprejudice",
-        "sensesensibility",
-    ]
+    chapters: dict[str, int] = {}
+    for doc in r_datasets.iter_r_texts("janeaustenr"):
+        book = doc.source.rsplit("/", 1)[-1]
+        chapters[book] = chapters.get(book, 0) + 1
+    assert chapters == {  # Emma's three volumes number their chapters anew (55 headings in all)
+        "emma": 55,
+        "mansfieldpark": 48,
+        "northangerabbey": 31,
+        "persuasion": 24,
+        "prideprejudice": 61,
+        "sensesensibility": 50,
+    }
+    (last,) = [d for d in r_datasets.iter_r_texts("tokenizers/mobydick")][-1:]
+    assert last.title == "mobydick CHAPTER 135. The Chase.--Third Day." or last.title.startswith(
+        "mobydick CHAPTER 135"
+    )
+    assert "Project Gutenberg" not in last.text and " ".join(last.text.split()).endswith("another orphan.")
