@@ -144,6 +144,7 @@ def test_token_auth_refuses_a_client_without_the_token(tmp_path, monkeypatch):
     reset_auth_token_state()  # later tests read ~/.ray/auth_token again
 
 
+@pytest.mark.integration
 def test_a_cluster_client_without_any_token_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     run = subprocess.run(
