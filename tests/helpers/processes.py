@@ -41,9 +41,17 @@ def pretrain_command(
 
 
 def run_command(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run to the end from the repository root, output captured."""
+    """Run to the end from the repository root, output captured; on a timeout the whole tree is killed."""
     env = {**os.environ, **QUIET_ENV}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    pipe = subprocess.PIPE
+    with subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        finally:
+            kill_tree(proc)  # ranks a timed-out launcher leaves behind
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def kill_tree(proc: subprocess.Popen | psutil.Process) -> None:
