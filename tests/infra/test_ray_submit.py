@@ -96,7 +96,8 @@ def test_data_pipeline_as_ray_job(tmp_path, tiny_config):
     assert manifest  # the pipeline wrote its manifest from inside the job
 
 
-@pytest.mark.slow  # a Ray head start: ~20 s idle, over a minute on a busy machine
+@pytest.mark.slow  # a Ray head start: ~20 s idle; on an overloaded machine Ray's own 30 s raylet
+# start-up limit can end the head mid-test ("The current node timed out during startup")
 def test_token_auth_refuses_a_client_without_the_token(tmp_path, monkeypatch):
     """A private head with its own token (not ~/.ray/auth_token): requests without it are refused."""
     import secrets
@@ -133,7 +134,9 @@ def test_token_auth_refuses_a_client_without_the_token(tmp_path, monkeypatch):
                 [sys.executable, "-c", client, head.address],
                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
-            assert run.returncode != 0 and "uthenticat" in run.stderr, run.stderr[-2000:]
+            # ray.exceptions.AuthenticationError: "Authentication required: Unauthorized: ..."
+            assert run.returncode != 0, run.stderr[-2000:]
+            assert any(word in run.stderr for word in ("uthenticat", "Unauthorized", "Forbidden")), run.stderr[-2000:]
         run = subprocess.run(
             [sys.executable, "-c", client, head.address],
             env={**bare_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
