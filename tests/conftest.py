@@ -19,7 +19,12 @@ ASSETS = Path(__file__).parent / "assets"
 NOT_UNIT = ("slow", "distributed", "integration")
 # fixtures that start processes (Ray, the DeepSpeed launcher, a training subprocess)
 PROCESS_FIXTURES = {
-    "tiny_shards", "local_ray", "run", "zero_checkpoint", "single_process_losses", "reference_two_ranks"
+    "tiny_shards",
+    "local_ray",
+    "run",
+    "zero_checkpoint",
+    "single_process_losses",
+    "reference_two_ranks",
 }
 
 
@@ -36,7 +41,9 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: py
         return
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it integration (tests/conftest.py)")
+        raise AssertionError(
+            f"{request.node.nodeid} starts a subprocess: mark it integration (tests/conftest.py)"
+        )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 

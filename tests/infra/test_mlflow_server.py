@@ -111,6 +111,7 @@ def test_server_receives_a_run_over_http(tmp_path):
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
 
 
+@pytest.mark.integration
 def test_lineage_over_http_dataset_models_registry_and_links(tmp_path):
     """The tracker against a real server: dataset input, logged models, the registry (artifacts
     proxied by the server) and the fine-tune -> checkpoint link, read back by another client."""

@@ -23,6 +23,7 @@ from bertscale.runtime.lineage import manifest_dataset
 from bertscale.runtime.tracking import Tracker, find_logged_model
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration  # the tracker runs git (commit, dirty flag)
 
 
 def _store(tmp_path: Path) -> str:

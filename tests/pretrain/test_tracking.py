@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from bertscale.runtime.config import MlflowConfig
 from bertscale.runtime.tracking import Tracker, peak_flops_per_device
+
+pytestmark = pytest.mark.integration  # the tracker runs git (commit, dirty flag) for the run's tags
 
 
 def test_sqlite_store_gets_params_metrics_artifacts(tmp_path):
