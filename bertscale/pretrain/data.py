@@ -293,7 +293,10 @@ class PretrainBatches:
             # its own generator: seeding workers must not draw from the global RNG that dropout uses
             generator=torch.Generator().manual_seed(self.seed),
         )
-        log_file = self.sample_log.open("a", encoding="utf-8") if self.sample_log else None
+        log_file = None
+        if self.sample_log is not None:  # every rank writes its own; rank 0 may not have made the dir yet
+            self.sample_log.parent.mkdir(parents=True, exist_ok=True)
+            log_file = self.sample_log.open("a", encoding="utf-8")
         try:
             for t, batch, sample_ids, skipped in loader:
                 if batch is None:  # a worker's one-line DataError, re-raised here

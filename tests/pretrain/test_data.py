@@ -127,7 +127,7 @@ def test_resume_opens_only_the_shards_it_needs(tmp_path, monkeypatch, write_shar
 
 
 def test_sample_log_records_step_micro_batch_and_ids(synthetic_shards, tmp_path):
-    log = tmp_path / "samples.jsonl"
+    log = tmp_path / "run" / "samples.jsonl"  # a rank may write before rank 0 made the run dir
     reader = PretrainBatches(
         synthetic_shards, "train", micro_batch_size=4, world_size=2, rank=1, sample_log=log
     )
