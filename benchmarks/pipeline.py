@@ -41,7 +41,7 @@ from bertscale.data_pipeline.run import build_samples, encode_documents, run_pip
 from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
 from bertscale.data_pipeline.shards import plan_shards, write_split
 from bertscale.data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
-from bertscale.data_pipeline.tokenizer import processor, word_start_table
+from bertscale.data_pipeline.tokenizer import processor, special_tokens, word_start_table
 
 POST_PARSE = ("encode", "pairs", "write")
 
@@ -86,14 +86,14 @@ def single_core_cpu(
         cpu[stage] = min(cpu.get(stage, float("inf")), time.process_time() - start)
         return result
 
-    vocab_size, word_start = sp.get_piece_size(), word_start_table(sp)
+    special, word_start = special_tokens(sp), word_start_table(sp)
     for r in range(repeats):
         raw_tokens = sum(
             map(len, timed("raw spm", partial(sp.encode, out_type=int, num_threads=1), sentences))
         )
         corpus = timed("encode", encode_corpus, model, documents)
         n = corpus.num_documents
-        args = (corpus, 0, n, np.arange(n), cfg.pairs, vocab_size, cfg.seed, word_start)
+        args = (corpus, 0, n, np.arange(n), cfg.pairs, special, cfg.seed, word_start)
         batch = timed("pairs", build_samples, *args)
         plans, _ = plan_shards(np.arange(len(batch)), cfg.split.samples_per_shard, "drop", "train")
         timed("write", write_split, out / str(r), "train", batch, plans, cfg.split.samples_per_shard)

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import transformers
 
-from bertscale.data_pipeline.schema import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SEP_ID
+# a trained SentencePiece's layout: the benchmark draws synthetic ids, only their shape matters
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
 
 CONFIGS = {  # name -> (BertConfig overrides, goal for our speed-up over HuggingFace)
@@ -76,6 +77,8 @@ def make_batch(
     mlm_probability: float = 0.15,
 ) -> dict[str, torch.Tensor]:
     """A right-padded HF-style batch (as bertscale.pretrain.data.collate makes), padded to max_seq_length."""
+    special = trained_special(vocab_size)
+    CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = special.cls_id, special.sep_id, special.mask_id, 5
     lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
     input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
     labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)

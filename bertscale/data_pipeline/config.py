@@ -17,7 +17,9 @@ class InputsConfig:
 
 @dataclass
 class TokenizerConfig:
-    model_path: str | None = None  # reuse this SentencePiece model instead of training one
+    # use this tokenizer instead of training a SentencePiece one: a SentencePiece .model, a
+    # tokenizer.json, or a HuggingFace tokenizer directory (tokenizer.json and/or WordPiece vocab.txt)
+    model_path: str | None = None
     vocab_size: int = 8000
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995

@@ -7,8 +7,9 @@ Two deliberate departures from the reference, both to keep the statistics the pa
 - The coin for "B is random" is tossed for every pair (p = 0.5). When the chunk holds a single
   sentence and the coin says "real", that sentence is cut at a random token into A and B (the
   reference forces such pairs to be random, which pushes the random share above one half).
-- Masked token counts are taken over non-special tokens, and random replacements are drawn from
-  the non-special vocabulary.
+- Masked token counts are taken over non-reserved tokens, and random replacements are drawn from
+  the non-reserved vocabulary (reserved: the tokenizer's special ids and unused slots, see
+  :class:`~bertscale.data_pipeline.schema.SpecialTokens`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertscale.data_pipeline.config import PairsConfig
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NEXT_IS_RANDOM,
-    NEXT_IS_REAL,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
-    Sample,
-)
+from bertscale.data_pipeline.schema import NEXT_IS_RANDOM, NEXT_IS_REAL, Sample, SpecialTokens
 
 
 @dataclass
@@ -257,7 +250,9 @@ def create_pairs(
     ]
 
 
-def pair_inputs(spans: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_inputs(
+    spans: np.ndarray, tokens: np.ndarray, special: SpecialTokens
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[CLS] A [SEP] B [SEP]`` for every span row, back to back, by index arithmetic
     → (input_ids int32, token_type_ids uint8, lengths)."""
     len_a, len_b = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
@@ -268,14 +263,15 @@ def pair_inputs(spans: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.n
     la = rep(len_a)
     source = np.where(p <= la, rep(spans[:, 0]) + p - 1, rep(spans[:, 2]) + p - la - 2)
     input_ids = tokens[np.clip(source, 0, len(tokens) - 1)].astype(np.int32)
-    input_ids[sample_start] = CLS_ID
-    input_ids[sample_start + len_a + 1] = SEP_ID
-    input_ids[sample_start + lengths - 1] = SEP_ID
+    input_ids[sample_start] = special.cls_id
+    input_ids[sample_start + len_a + 1] = special.sep_id
+    input_ids[sample_start + lengths - 1] = special.sep_id
     return input_ids, (p >= la + 2).astype(np.uint8), lengths
 
 
 def _word_groups(candidates: np.ndarray, input_ids: np.ndarray, word_start: np.ndarray) -> list[np.ndarray]:
-    """Split candidate positions into whole words: a word begins at a "▁" piece or after a gap."""
+    """Split candidate positions into whole words: a word begins at a word-start piece (SentencePiece
+    "▁…", any WordPiece piece but a "##" continuation) or after a gap."""
     starts = word_start[input_ids[candidates]]
     starts[1:] |= np.diff(candidates) != 1
     starts[0] = True
@@ -324,7 +320,7 @@ def _floyd_subsets(u: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.n
 
 def mask_flat(
     flat: np.ndarray, lengths: np.ndarray, groups: list[tuple[np.random.Generator, int]], num_draws: int,
-    masked_lm_prob: float, max_predictions: int, vocab_size: int, word_start: np.ndarray | None = None,
+    masked_lm_prob: float, max_predictions: int, special: SpecialTokens, word_start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """MLM draws for sequences lying back to back in ``flat``, all at once.
 
@@ -333,12 +329,13 @@ def mask_flat(
     Returns (positions int64, ids int32, M per sequence); each sequence's (D, M) block row-major,
     positions within the sequence, sorted per row.
 
-    15% of the non-special tokens are chosen; of those 80% become [MASK], 10% a random
-    non-special token and 10% stay. ``word_start`` (bool per vocabulary id) turns on whole-word masking.
+    15% of the non-reserved tokens are chosen; of those 80% become [MASK], 10% a random
+    non-reserved token and 10% stay. ``word_start`` (bool per vocabulary id) turns on whole-word masking.
     """
     n = len(lengths)
     seq_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    candidates = np.flatnonzero(flat >= NUM_SPECIAL_TOKENS)  # (K,) flat positions, sequence by sequence
+    reserved = special.is_special
+    candidates = np.flatnonzero(~reserved[flat])  # (K,) flat positions, sequence by sequence
     counts = np.bincount(np.repeat(np.arange(n), lengths)[candidates], minlength=n)
     group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     num_to_predict = np.minimum(np.clip(np.round(counts * masked_lm_prob), 1, max_predictions), counts)
@@ -367,27 +364,30 @@ def mask_flat(
         for (rng, _), s0, s1 in zip(groups, group_bounds[:-1], group_bounds[1:], strict=True):
             for i in range(s0, s1):
                 seq_ids = flat[seq_start[i] : seq_start[i] + lengths[i]]
-                words = _word_groups(np.flatnonzero(seq_ids >= NUM_SPECIAL_TOKENS), seq_ids, word_start)
+                words = _word_groups(np.flatnonzero(~reserved[seq_ids]), seq_ids, word_start)
                 for d in range(num_draws):
                     chosen[i, d, : num_to_predict[i]] = np.sort(
                         _choose_positions(num_to_predict[i], rng, words)
                     )
         positions = chosen[(np.arange(width) < num_to_predict[:, None, None]).repeat(num_draws, axis=1)]
     roll, pick = u[1], u[2]
-    random_ids = NUM_SPECIAL_TOKENS + (pick * (vocab_size - NUM_SPECIAL_TOKENS)).astype(np.int64)
-    ids = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, flat[seq_start[seq] + positions]))
+    replacements = special.replacement_ids
+    random_ids = replacements[(pick * len(replacements)).astype(np.int64)]
+    ids = np.where(
+        roll < 0.8, special.mask_id, np.where(roll < 0.9, random_ids, flat[seq_start[seq] + positions])
+    )
     return positions, ids.astype(np.int32), num_to_predict
 
 
 def mask_batch(
     sequences: list[np.ndarray], num_draws: int, masked_lm_prob: float, max_predictions: int,
-    vocab_size: int, rng: np.random.Generator, word_start: np.ndarray | None = None,
+    special: SpecialTokens, rng: np.random.Generator, word_start: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """:func:`mask_tokens` for many sequences at once, one generator."""
     lengths = np.array([len(x) for x in sequences], dtype=np.int64)
     positions, ids, m = mask_flat(
         np.concatenate(sequences), lengths, [(rng, len(sequences))], num_draws, masked_lm_prob,
-        max_predictions, vocab_size, word_start,
+        max_predictions, special, word_start,
     )  # fmt: skip
     bounds = np.concatenate([[0], np.cumsum(num_draws * m)])
     return [
@@ -397,16 +397,16 @@ def mask_batch(
 
 
 def mask_tokens(
-    input_ids: np.ndarray, num_draws: int, masked_lm_prob: float, max_predictions: int, vocab_size: int,
-    rng: np.random.Generator, word_start: np.ndarray | None = None,
+    input_ids: np.ndarray, num_draws: int, masked_lm_prob: float, max_predictions: int,
+    special: SpecialTokens, rng: np.random.Generator, word_start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``num_draws`` independent MLM draws → (positions, ids), each (D, M), positions sorted per row."""
-    return mask_batch([input_ids], num_draws, masked_lm_prob, max_predictions, vocab_size, rng, word_start)[0]
+    return mask_batch([input_ids], num_draws, masked_lm_prob, max_predictions, special, rng, word_start)[0]
 
 
 def range_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
-    word_start: np.ndarray | None = None,
+    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens,
+    seed: int, word_start: np.ndarray | None = None,
 ) -> SampleArrays:  # fmt: skip
     """All samples of documents ``first..last-1``: pairs per document (sequential by nature), then
     inputs and masks for the whole range in a handful of numpy calls.
@@ -426,10 +426,10 @@ def range_samples(
     pairs_per_doc = np.array([n for _, n in rngs], dtype=np.int64)
     all_spans = np.concatenate([np.zeros((0, 4), np.int64), *spans])
     all_spans = truncate_spans(all_spans, cfg.max_seq_length - 3, rngs)
-    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens)
+    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens, special)
     positions, ids, num_predictions = mask_flat(
         input_ids, lengths, rngs, cfg.dupe_factor, cfg.masked_lm_prob, cfg.max_predictions_per_seq,
-        vocab_size, word_start if cfg.whole_word_masking else None,
+        special, word_start if cfg.whole_word_masking else None,
     )  # fmt: skip
     sample_doc = np.repeat(np.array(doc_ids, dtype=np.int64), pairs_per_doc)
     pair_index = np.arange(len(sample_doc)) - np.repeat(
@@ -451,8 +451,8 @@ def range_samples(
 
 
 def document_samples(
-    corpus: Corpus, doc_id: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    corpus: Corpus, doc_id: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
     word_start: np.ndarray | None = None,
 ) -> list[Sample]:  # fmt: skip
     """All samples of one document; the generator depends only on (seed, doc_id)."""
-    return range_samples(corpus, doc_id, doc_id + 1, pool, cfg, vocab_size, seed, word_start).to_samples()
+    return range_samples(corpus, doc_id, doc_id + 1, pool, cfg, special, seed, word_start).to_samples()

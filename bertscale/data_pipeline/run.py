@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import sentencepiece as spm
 from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
@@ -32,12 +31,16 @@ from bertscale.config import to_dict
 from bertscale.data_pipeline import sources, spill
 from bertscale.data_pipeline.config import PairsConfig, PipelineConfig
 from bertscale.data_pipeline.instances import Corpus, range_samples
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, TOKENIZER_NAME, Manifest, SplitInfo
+from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SpecialTokens, SplitInfo
 from bertscale.data_pipeline.shards import SampleBatch, plan_shards, write_manifest, write_split
 from bertscale.data_pipeline.tokenizer import (
+    Processor,
     load_tokenizer_model,
     model_sha256,
     processor,
+    special_tokens,
+    tokenizer_filename,
+    tokenizer_kind,
     train_tokenizer,
     word_start_table,
 )
@@ -59,7 +62,7 @@ def encode_documents(
 
 
 def _encode(
-    sp: spm.SentencePieceProcessor, documents: list[list[str]]
+    sp: Processor, documents: list[list[str]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -70,7 +73,7 @@ def _encode(
 
 
 def sample_blocks(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
     word_start: np.ndarray,
 ) -> Iterator[SampleBatch]:  # fmt: skip
     """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
@@ -82,16 +85,16 @@ def sample_blocks(
     )
     cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
     for a, b in itertools.pairwise(cuts.tolist()):
-        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, vocab_size, seed, word_start))
+        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, special, seed, word_start))
 
 
 def build_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
     word_start: np.ndarray,
 ) -> SampleBatch:  # fmt: skip
     """:func:`sample_blocks` in memory, as one batch."""
     return SampleBatch.concatenate(
-        list(sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start))
+        list(sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start))
     )
 
 
@@ -122,12 +125,12 @@ def _encode_files(model_proto: bytes, paths: list[Path], spill_dir: Path, part: 
 
 
 def _spill_samples(
-    spill_dir: Path, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, vocab_size: int, seed: int,
+    spill_dir: Path, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
     word_start: np.ndarray, path: Path,
 ) -> SampleBatch:  # fmt: skip
     corpus = spill.load_corpus(spill_dir)
     return spill.spill_records(
-        sample_blocks(corpus, first, last, pool, cfg, vocab_size, seed, word_start), path
+        sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start), path
     )
 
 
@@ -296,7 +299,7 @@ def _stages(
             spill.SpilledSentences(clean_files, sentences_per_file), cfg.tokenizer, cfg.seed
         )
     sp = processor(model_proto)
-    vocab_size = sp.get_piece_size()
+    special = special_tokens(sp)  # recorded in the manifest: readers never assume fixed ids
     clock.lap("tokenizer")
 
     # 3. encode sentences in the workers, then join their parts into one memory-mappable corpus
@@ -329,7 +332,7 @@ def _stages(
             b,
             pool,
             cfg.pairs,
-            vocab_size,
+            special,
             cfg.seed,
             word_start,
             spill_dir / f"records-{i:06d}.bin",
@@ -361,11 +364,11 @@ def _stages(
             split_infos[split] = write_split(tmp, split, samples, plans, cfg.split.samples_per_shard)
     finally:
         samples.close()
-    with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
+    with atomic_write(tmp / tokenizer_filename(model_proto), "wb") as f:
         f.write(model_proto)
     manifest = Manifest(
         tokenizer_sha256=model_sha256(model_proto),
-        vocab_size=vocab_size,
+        vocab_size=special.vocab_size,
         max_seq_length=cfg.pairs.max_seq_length,
         dupe_factor=cfg.pairs.dupe_factor,
         splits=split_infos,
@@ -380,5 +383,9 @@ def _stages(
         },
         skipped=skips.items,
         dropped_samples=dropped,
+        tokenizer_file=tokenizer_filename(model_proto),
+        special_tokens=special.ids,
+        tokenizer_kind=tokenizer_kind(model_proto),
+        reserved_ids=[list(r) for r in special.reserved],
     )
     write_manifest(tmp, manifest)

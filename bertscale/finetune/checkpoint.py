@@ -9,7 +9,7 @@ Out: a fine-tuned model directory, written atomically::
     model.safetensors   keys of transformers' BertForSequenceClassification / BertForTokenClassification
     bert_config.json    BertConfig.to_hf_dict()
     head.json           task, architecture, num_labels, id2label, classifier_dropout
-    tokenizer.model     the SentencePiece model the task text was tokenised with
+    tokenizer.model     the tokenizer the task text was tokenised with (tokenizer.json for a HF one)
     config.yaml         the resolved FinetuneConfig
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from bertscale.atomic import atomic_directory
 from bertscale.config import save_config
-from bertscale.data_pipeline.schema import TOKENIZER_NAME
+from bertscale.data_pipeline.schema import TOKENIZER_FILES
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.finetune.config import ModelConfig
 from bertscale.finetune.data import load_tokenizer
@@ -78,13 +78,16 @@ def load_base(cfg: ModelConfig) -> BaseModel:
 
 
 def find_tokenizer(checkpoint: Path) -> Path:
-    """The ``tokenizer.model`` saved with a pretrain checkpoint (run, step or ZeRO dir)."""
+    """The tokenizer (``tokenizer.model`` or ``tokenizer.json``) saved with a checkpoint (run, step or ZeRO dir)."""
     # a ZeRO dir sits inside a step dir (``step_N/deepspeed[/step_N]``), so look up from it too
     places = [resolve_step_dir(checkpoint), checkpoint, checkpoint.parent, checkpoint.parent.parent]
     for place in places:
-        if (place / TOKENIZER_NAME).is_file():
-            return place / TOKENIZER_NAME
-    raise CheckpointError(f"{checkpoint}: no {TOKENIZER_NAME} found with the checkpoint; set model.tokenizer")
+        for name in TOKENIZER_FILES:
+            if (place / name).is_file():
+                return place / name
+    raise CheckpointError(
+        f"{checkpoint}: no {' or '.join(TOKENIZER_FILES)} found with the checkpoint; set model.tokenizer"
+    )
 
 
 def init_encoder(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
@@ -118,7 +121,7 @@ def save_finetuned(
         save_file(tensors, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "bert_config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         (tmp / HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n")
-        shutil.copy2(tokenizer, tmp / TOKENIZER_NAME)
+        shutil.copy2(tokenizer, tmp / tokenizer.name)
         save_config(run_config, tmp / "config.yaml")
 
 

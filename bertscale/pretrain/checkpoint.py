@@ -8,7 +8,7 @@ Layout::
             model.safetensors     consolidated fp32 weights, HF keys of BertForPreTraining (tied keys dropped)
             bert_config.json      BertConfig.to_hf_dict()
             config.yaml           the resolved run config
-            tokenizer.model       copied from the shard dir
+            tokenizer.model       copied from the shard dir (tokenizer.json for a HuggingFace tokenizer)
             trainer_state.json    step, tokens, world size, data positions per rank
             deepspeed/            DeepSpeed engine checkpoint (optimizer, scheduler, ZeRO shards;
                                   per-rank RNG states in its client_state)
@@ -147,7 +147,7 @@ def save_checkpoint(
         atomic_write_text(tmp / "bert_config.json", json.dumps(bert_config.to_hf_dict(), indent=2) + "\n")
         save_config(run_config, tmp / "config.yaml")
         if tokenizer is not None and tokenizer.is_file():
-            shutil.copy2(tokenizer, tmp / "tokenizer.model")
+            shutil.copy2(tokenizer, tmp / tokenizer.name)  # tokenizer.model or tokenizer.json
         state = {**trainer_state, "step": step, "data": data_states}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
         if os.environ.get(PAUSE_IN_SAVE) == str(step):  # a crash here must leave `latest` intact

@@ -6,8 +6,8 @@ Public API:
     PretrainBatches(root, split, ...)  iterable of padded HF-style batches; ``.state`` after each batch,
                                        ``.skipped_shards`` (corrupt shards passed over under "skip")
     eval_batches(root, split, ...)     fixed evaluation batches, the same count on every rank
-    mask_static(sample, draw), mask_dynamic(sample, rng, vocab_size, mlm_probability)
-    collate(examples)                  -> HF batch: input_ids, token_type_ids, attention_mask, labels,
+    mask_static(sample, draw), mask_dynamic(sample, rng, special, mlm_probability)
+    collate(examples, pad_id)          -> HF batch: input_ids, token_type_ids, attention_mask, labels,
                                           next_sentence_label
 
 The shard stream is the concatenation of per-epoch shard permutations (seeded by ``(seed, epoch)``).
@@ -34,16 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    PAD_ID,
-    SEP_ID,
-    Sample,
-    load_manifest,
-    read_shard,
-)
+from bertscale.data_pipeline.schema import Sample, SpecialTokens, load_manifest, read_shard
 from bertscale.errors import DataError
 
 log = logging.getLogger("bertscale")
@@ -89,26 +80,29 @@ def mask_static(sample: Sample, draw: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mask_dynamic(
-    sample: Sample, rng: np.random.Generator, vocab_size: int, mlm_probability: float
+    sample: Sample, rng: np.random.Generator, special: SpecialTokens, mlm_probability: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masking drawn afresh: 15% of non-special tokens; 80% [MASK], 10% random, 10% kept."""
+    """BERT masking drawn afresh: 15% of non-reserved tokens; 80% [MASK], 10% random, 10% kept.
+
+    Reserved ids (the manifest's: special tokens, unused slots) are never chosen nor drawn."""
     ids = sample.input_ids.astype(np.int64)
-    candidates = np.flatnonzero((ids != CLS_ID) & (ids != SEP_ID))
+    candidates = np.flatnonzero(~special.is_special[ids])
     count = max(1, round(mlm_probability * len(candidates)))
     positions = np.sort(rng.choice(candidates, size=count, replace=False))
     labels = np.full_like(ids, IGNORE_INDEX)
     labels[positions] = ids[positions]
     action = rng.random(count)
-    random_ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, size=count)
-    ids[positions] = np.where(action < 0.8, MASK_ID, np.where(action < 0.9, random_ids, ids[positions]))
+    replacements = special.replacement_ids
+    random_ids = replacements[rng.integers(0, len(replacements), size=count)]
+    ids[positions] = np.where(action < 0.8, special.mask_id, np.where(action < 0.9, random_ids, ids[positions]))
     return ids, labels
 
 
-def collate(examples: list[Example]) -> Batch:
+def collate(examples: list[Example], pad_id: int) -> Batch:
     """(input_ids, labels, token_type_ids, nsp_label) examples -> right-padded HF-style batch."""
     length = max(len(ids) for ids, *_ in examples)
     size = len(examples)
-    input_ids = torch.full((size, length), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
     labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
     token_type_ids = torch.zeros((size, length), dtype=torch.long)
     attention_mask = torch.zeros((size, length), dtype=torch.long)
@@ -182,7 +176,7 @@ class PretrainBatches:
                 f"{self.root}: shards hold sequences up to {manifest.max_seq_length} tokens, "
                 f"more than the model's max_position_embeddings {max_seq_length}"
             )
-        self.vocab_size = manifest.vocab_size
+        self.special = manifest.special()
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
@@ -213,7 +207,7 @@ class PretrainBatches:
             ids, labels = mask_static(sample, draw=epoch)
         else:  # keyed by (seed, epoch, sample) so a resumed run redraws exactly the same masks
             rng = np.random.default_rng([self.seed, epoch, zlib.crc32(sample.key.encode())])
-            ids, labels = mask_dynamic(sample, rng, self.vocab_size, self.mlm_probability)
+            ids, labels = mask_dynamic(sample, rng, self.special, self.mlm_probability)
         return ids, labels, sample.token_type_ids, sample.next_sentence_label
 
     def read_batches(self, reader: int, position: ReaderPosition) -> Iterator[Batch]:
@@ -223,11 +217,12 @@ class PretrainBatches:
         while self.loop or position.shard_cursor < len(self.shards):
             position.epoch = position.shard_cursor // len(self.shards)
             try:
-                for sample in read_shard(self.shard_at(position.shard_cursor), start=position.sample_offset):
+                shard = self.shard_at(position.shard_cursor)
+                for sample in read_shard(shard, start=position.sample_offset, special=self.special):
                     pending.append(self.example(sample, position.epoch))
                     position.sample_offset += 1
                     if len(pending) == self.micro_batch_size:
-                        yield collate(pending)
+                        yield collate(pending, self.special.pad_id)
                         pending = []
                 skipped_in_a_row = 0
             except DataError as err:  # samples read before the damage are kept: resume sees the same
@@ -241,7 +236,7 @@ class PretrainBatches:
             position.shard_cursor += self.readers
             position.sample_offset = 0
         if pending:  # one-pass (evaluation) readers keep the tail
-            yield collate(pending)
+            yield collate(pending, self.special.pad_id)
 
     def __iter__(self) -> Iterator[Batch]:
         loader = DataLoader(
@@ -271,13 +266,15 @@ def eval_batches(
     ZeRO-3 gathers parameters collectively in each forward, so ranks must run equally many.
     """
     root = Path(root)
-    paths = load_manifest(root).shard_paths(root, split)
-    stream = itertools.chain.from_iterable(read_shard(p) for p in paths)
+    manifest = load_manifest(root)
+    paths, special = manifest.shard_paths(root, split), manifest.special()
+    stream = itertools.chain.from_iterable(read_shard(p, special=special) for p in paths)
     samples = list(itertools.islice(stream, max_batches * micro_batch_size * world_size))
     micro_batch_size = min(micro_batch_size, len(samples) // world_size)  # a small split still counts
     per_global = micro_batch_size * world_size
     batches = []
     for first in range(0, len(samples) - per_global + 1, per_global or 1):
         mine = samples[first + rank * micro_batch_size : first + (rank + 1) * micro_batch_size]
-        batches.append(collate([(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in mine]))
+        examples = [(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in mine]
+        batches.append(collate(examples, special.pad_id))
     return batches

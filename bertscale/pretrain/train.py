@@ -14,7 +14,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
 from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
@@ -146,7 +146,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             s.step,
             bert_config=bert_config,
             run_config=cfg,
-            tokenizer=cfg.data.shards / TOKENIZER_NAME,
+            tokenizer=cfg.data.shards / manifest.tokenizer_file,
             trainer_state={
                 "tokens": s.tokens,
                 "world_size": dist.world_size,

@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 
 from bertscale.data_pipeline.schema import (
-    CLS_ID,
     MANIFEST_NAME,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
     TOKENIZER_NAME,
     Manifest,
     Sample,
@@ -24,8 +20,12 @@ from bertscale.data_pipeline.schema import (
     encode_sample,
     shard_name,
 )
+from bertscale.data_pipeline.tokenizer import trained_special
 
 VOCAB_SIZE = 96
+SPECIAL = trained_special(VOCAB_SIZE)  # the manifest below records the trained SentencePiece layout
+CLS_ID, SEP_ID, MASK_ID = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id
+NUM_SPECIAL_TOKENS = 5
 
 
 def make_sample(rng: np.random.Generator, key: str, max_len: int = 32, dupe: int = 2) -> Sample:

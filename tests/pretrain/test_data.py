@@ -10,14 +10,8 @@ import pytest
 import torch
 
 import bertscale.data_pipeline.schema as schema
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
-    load_manifest,
-    read_shard,
-)
+from bertscale.data_pipeline.schema import load_manifest, read_shard
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.errors import DataError
 from bertscale.pretrain.data import (
     IGNORE_INDEX,
@@ -30,6 +24,9 @@ from bertscale.pretrain.data import (
 )
 
 VOCAB_SIZE = 96  # of the synthetic shards (conftest)
+SPECIAL = trained_special(VOCAB_SIZE)
+CLS_ID, SEP_ID, MASK_ID = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id
+NUM_SPECIAL_TOKENS = 5
 
 
 def take(reader: PretrainBatches, n: int) -> list[dict[str, torch.Tensor]]:
@@ -137,7 +134,7 @@ def test_dynamic_masking_statistics(make_sample):
     chosen = total = masked = randomised = kept = 0
     for i in range(3000):
         sample = make_sample(rng, f"s{i}", max_len=64)
-        ids, labels = mask_dynamic(sample, rng, VOCAB_SIZE, 0.15)
+        ids, labels = mask_dynamic(sample, rng, SPECIAL, 0.15)
         original = sample.input_ids
         special = (original == CLS_ID) | (original == SEP_ID)
         positions = np.flatnonzero(labels != IGNORE_INDEX)
@@ -170,7 +167,7 @@ def test_dynamic_masks_differ_by_epoch_and_repeat_within_one(synthetic_shards):
 def test_collate_pads_with_hf_keys(make_sample):
     rng = np.random.default_rng(1)
     samples = [make_sample(rng, f"k{i}") for i in range(3)]
-    batch = collate([(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in samples])
+    batch = collate([(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in samples], 0)
     longest = max(s.num_tokens for s in samples)
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}
     assert batch["input_ids"].shape == (3, longest)
