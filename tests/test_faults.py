@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 from bertscale.config import save_config
 from bertscale.data_pipeline.schema import load_manifest
 from bertscale.model import BertForPreTraining
-from bertscale.pretrain.checkpoint import PAUSE_IN_SAVE, load_pretrained
+from bertscale.model_dir import load_pretrained
+from bertscale.pretrain.checkpoint import PAUSE_IN_SAVE
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -231,7 +232,8 @@ def test_crash_during_checkpoint_save_keeps_previous_checkpoint(tiny_shards, tmp
         "step_00000004",
     ]  # the half-published step 8 is not visible under its final name
 
-    config, weights = load_pretrained(out)
+    pretrained = load_pretrained(out)
+    config, weights = pretrained.config, pretrained.state_dict
     BertForPreTraining(config).load_state_dict(weights)  # strict: a complete checkpoint
     saved = load_file(checkpoints / "step_00000004" / "model.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in saved.items())

@@ -233,3 +233,60 @@ def word_start_table(proc: Processor) -> np.ndarray:
 
 def model_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --- for transformers users ------------------------------------------------------------------
+
+
+def to_hf_tokenizer(data: bytes) -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` that gives our ids and frames them as BERT does ([CLS] A [SEP] B [SEP]).
+
+    A SentencePiece model is converted by transformers' own SentencePiece converter (normaliser,
+    dummy prefix, Unigram/BPE pieces as ``SentencePieceProcessor.encode`` has them); the special
+    tokens become added special tokens at their ids.
+    """
+    proc = processor(data)
+    if isinstance(proc, WordPieceProcessor):
+        tokenizer = Tokenizer.from_str(proc.tokenizer.to_str())
+    else:
+        from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+        proto = import_protobuf().ModelProto()
+        proto.ParseFromString(data)
+        if proto.trainer_spec.model_type == 2:  # BPE: pieces by id, merges ranked from the scores
+            vocab: object = {p.piece: i for i, p in enumerate(proto.pieces)}
+        else:  # Unigram
+            vocab = [(p.piece, p.score) for p in proto.pieces]
+        tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    from tokenizers import AddedToken, processors
+
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    special = special_tokens(proc)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS_TOKEN}:0 $A:0 {SEP_TOKEN}:0",
+        pair=f"{CLS_TOKEN}:0 $A:0 {SEP_TOKEN}:0 $B:1 {SEP_TOKEN}:1",
+        special_tokens=[(CLS_TOKEN, special.cls_id), (SEP_TOKEN, special.sep_id)],
+    )
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def write_hf_tokenizer(data: bytes, directory: Path, model_max_length: int) -> None:
+    """``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json`` (and ``vocab.txt``
+    for a WordPiece) in ``directory``: ``transformers.AutoTokenizer.from_pretrained`` loads them."""
+    tokenizer = to_hf_tokenizer(data)
+    names = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS, strict=True))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # reads tokenizer.json; any tokenizers model
+        "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+        **names,
+    }
+    tokenizer.save(str(directory / HF_TOKENIZER_NAME))
+    (directory / HF_TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (directory / "special_tokens_map.json").write_text(json.dumps(names, indent=2) + "\n", encoding="utf-8")
+    proc = processor(data)
+    if isinstance(proc, WordPieceProcessor):  # BERT's original format, for tools that want it
+        (directory / HF_VOCAB).write_text("".join(p + "\n" for p in proc.pieces), encoding="utf-8")

@@ -1,7 +1,11 @@
-"""``python -m bertscale.finetune --config CONFIG [key=value ...]`` (or ``deepspeed --module bertscale.finetune ...``)."""
+"""``python -m bertscale.finetune --config CONFIG [key=value ...]`` (or ``deepspeed --module bertscale.finetune ...``).
+
+``seeds=[1,2,3]`` runs one fine-tuning per seed and prints the median and spread of each metric.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +19,16 @@ def main(argv: Sequence[str]) -> None:
     from bertscale.finetune.train import main as train
 
     path, overrides = split_cli(argv, FinetuneConfig, __doc__.strip())
-    train(load_config(FinetuneConfig, path, overrides))
+    cfg = load_config(FinetuneConfig, path, overrides)
+    if not cfg.seeds:
+        train(cfg)
+        return
+    from bertscale.finetune.seeds import run_seeds, summary_table
+
+    _, aggregated = run_seeds(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\n{cfg.task} over seeds {cfg.seeds} ({cfg.output_dir}/seeds.json):")
+        print(summary_table(aggregated), flush=True)
 
 
 def cli() -> None:

@@ -1,15 +1,15 @@
 """Checkpoints in and out of fine-tuning.
 
 In: a pretrain checkpoint (run dir, step dir or ZeRO-sharded DeepSpeed dir, read by
-``bertscale.pretrain.checkpoint.load_pretrained``) gives the encoder's config, its ``bert.*`` weights and the
-SentencePiece tokenizer; ``init=random`` keeps the config and tokenizer but not the weights.
+``bertscale.model_dir.load_pretrained``) gives the encoder's config, its ``bert.*`` weights and the
+tokenizer; ``init=random`` keeps the config and tokenizer but not the weights.
 
-Out: a fine-tuned model directory, written atomically::
+Out: a fine-tuned model directory (bertscale.model_dir's layout), written atomically::
 
     model.safetensors   keys of transformers' BertForSequenceClassification / BertForTokenClassification
     bert_config.json    BertConfig.to_hf_dict()
+    tokenizer.model     the tokenizer the task text was tokenised with
     head.json           task, architecture, num_labels, id2label, classifier_dropout
-    tokenizer.model     the tokenizer the task text was tokenised with (tokenizer.json for a HF one)
     config.yaml         the resolved FinetuneConfig
 """
 
@@ -17,25 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bertscale.atomic import atomic_directory
 from bertscale.config import save_config
-from bertscale.data_pipeline.schema import TOKENIZER_FILES
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.finetune.config import ModelConfig
 from bertscale.finetune.data import load_tokenizer
 from bertscale.finetune.heads import HEADS
 from bertscale.model import BertConfig
-from bertscale.pretrain.checkpoint import load_pretrained, resolve_step_dir
+from bertscale.model_dir import Tokenizer, load_pretrained, read_model_dir, write_model_dir
 
 HEAD_FILE = "head.json"
 ARCHITECTURES = {
@@ -49,45 +45,38 @@ class BaseModel:
     """What fine-tuning starts from."""
 
     config: BertConfig
-    tokenizer: Path
+    tokenizer: Tokenizer
     weights: dict[str, torch.Tensor] | None  # None: random init
     source: str  # for messages and run params
 
 
 def load_base(cfg: ModelConfig) -> BaseModel:
-    """Resolve ``cfg`` to a BertConfig, tokenizer path and (for init=pretrained) the weights."""
+    """Resolve ``cfg`` to a BertConfig, tokenizer and (for init=pretrained) the weights."""
     if cfg.checkpoint is None:
         if cfg.tokenizer is None:
             raise ConfigError("model.tokenizer is required when there is no model.checkpoint")
-        values = {"vocab_size": load_tokenizer(cfg.tokenizer).get_piece_size(), **cfg.config}
+        tokenizer = Tokenizer.from_path(cfg.tokenizer)
+        values = {"vocab_size": load_tokenizer(tokenizer.path).get_piece_size(), **cfg.config}
         try:
             config = BertConfig(**values)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.config: {err}") from None
-        return BaseModel(config, Path(cfg.tokenizer), None, "random init")
+        return BaseModel(config, tokenizer, None, "random init")
 
-    config, state = load_pretrained(cfg.checkpoint)
+    pretrained = load_pretrained(cfg.checkpoint)
+    config = pretrained.config
     if cfg.config:
         try:
             config = dataclasses.replace(config, **cfg.config)  # e.g. dropout; shapes must still match
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.config: {err}") from None
-    tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else find_tokenizer(Path(cfg.checkpoint))
-    weights = state if cfg.init == "pretrained" else None
+    tokenizer = Tokenizer.from_path(cfg.tokenizer) if cfg.tokenizer else pretrained.tokenizer
+    if tokenizer is None:
+        raise CheckpointError(
+            f"{cfg.checkpoint}: no tokenizer found with the checkpoint ({pretrained.step_dir}); set model.tokenizer"
+        )
+    weights = pretrained.state_dict if cfg.init == "pretrained" else None
     return BaseModel(config, tokenizer, weights, f"{cfg.init} ({cfg.checkpoint})")
-
-
-def find_tokenizer(checkpoint: Path) -> Path:
-    """The tokenizer (``tokenizer.model`` or ``tokenizer.json``) saved with a checkpoint (run, step or ZeRO dir)."""
-    # a ZeRO dir sits inside a step dir (``step_N/deepspeed[/step_N]``), so look up from it too
-    places = [resolve_step_dir(checkpoint), checkpoint, checkpoint.parent, checkpoint.parent.parent]
-    for place in places:
-        for name in TOKENIZER_FILES:
-            if (place / name).is_file():
-                return place / name
-    raise CheckpointError(
-        f"{checkpoint}: no {' or '.join(TOKENIZER_FILES)} found with the checkpoint; set model.tokenizer"
-    )
 
 
 def init_encoder(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
@@ -113,15 +102,13 @@ def save_finetuned(
     state_dict: dict[str, torch.Tensor],
     config: BertConfig,
     head: dict[str, Any],
-    tokenizer: Path,
+    tokenizer: Tokenizer,
     run_config: Any,
 ) -> None:
+    """``state_dict``: fp32 weights (runtime.engine.consolidated_state_dict)."""
     with atomic_directory(directory) as tmp:
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
-        save_file(tensors, tmp / "model.safetensors", {"format": "pt"})
-        (tmp / "bert_config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+        write_model_dir(tmp, config, state_dict, tokenizer)
         (tmp / HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n")
-        shutil.copy2(tokenizer, tmp / tokenizer.name)
         save_config(run_config, tmp / "config.yaml")
 
 
@@ -140,14 +127,12 @@ def load_finetuned(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     directory = Path(directory)
     try:
         head = json.loads((directory / HEAD_FILE).read_text(encoding="utf-8"))
-        hf = json.loads((directory / "bert_config.json").read_text(encoding="utf-8"))
-        weights = load_file(directory / "model.safetensors")
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, ValueError) as err:
         raise CheckpointError(f"{directory}: not a complete fine-tuned model ({err})") from None
-    config = BertConfig.from_hf_dict(hf, source=str(directory / "bert_config.json"))
-    model = HEADS[head["task"]](config, head["num_labels"], head.get("classifier_dropout"))
+    saved = read_model_dir(directory)
+    model = HEADS[head["task"]](saved.config, head["num_labels"], head.get("classifier_dropout"))
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(saved.state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{directory}: model.safetensors does not match head.json ({err})") from None
     head["id2label"] = {int(k): v for k, v in head["id2label"].items()}

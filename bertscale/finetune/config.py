@@ -16,7 +16,7 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 @dataclass
 class ModelConfig:
-    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.pretrain.checkpoint.load_pretrained).
+    # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.model_dir.load_pretrained).
     checkpoint: str | None = None
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
     # weights (the baseline that shows what pretraining buys).
@@ -85,6 +85,9 @@ class FinetuneConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="bertscale-finetune"))
     seed: int = 0
+    # several seeds: one run per seed into {output_dir}/seed_N, then the median and spread of each
+    # final metric (bertscale.finetune.seeds); `seed` is then unused
+    seeds: list[int] = field(default_factory=list)
     output_dir: str = "runs/finetune"
 
     def __post_init__(self) -> None:
@@ -94,6 +97,8 @@ class FinetuneConfig:
             raise ValueError("model.checkpoint is required unless model.init=random")
         if self.model.checkpoint is None and self.model.tokenizer is None:
             raise ValueError("model.tokenizer is required when there is no model.checkpoint")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed")
 
     @property
     def output_path(self) -> Path:

@@ -5,36 +5,32 @@
 
 A transformers directory holds ``config.json`` and ``model.safetensors``; it loads with
 ``transformers.BertForPreTraining.from_pretrained(OUT)`` or ``BertModel.from_pretrained(OUT)``.
-CKPT is anything ``bertscale.pretrain.checkpoint.load_pretrained`` reads (run dir, step dir, ZeRO dir). Our
-step dir holds ``model.safetensors`` + ``bert_config.json`` and is itself such a CKPT, so it can
-seed pretraining (``checkpoint.init_from``) or fine-tuning (``model.checkpoint``). A SentencePiece
-``tokenizer.model`` found beside the source is copied along (transformers' own BERT tokenizers,
-WordPiece ``vocab.txt``, are not ours and are not converted).
+CKPT is anything ``bertscale.model_dir.load_pretrained`` reads (run dir, step dir, ZeRO dir). Our
+model directory (bertscale.model_dir) holds ``model.safetensors`` + ``bert_config.json`` and is
+itself such a CKPT, so it can seed pretraining (``checkpoint.init_from``) or fine-tuning
+(``model.checkpoint``). A tokenizer of ours found with the source is copied along (transformers' own
+BERT tokenizers, WordPiece ``vocab.txt``, are not ours and are not converted).
 
 Public API:
-    export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path
+    export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path     tokenizer: a model_dir.Tokenizer
     read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   BertForPreTraining keys (tied ones may lack)
     check_state_dict(config, state_dict, source, cls) -> state_dict with tied keys, or CheckpointError
     load_hf_model(hf_dir, cls=BertForPreTraining) -> our BertForPreTraining or BertModel, eval mode
-    save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our step-dir layout
+    save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our model-dir layout
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from bertscale.atomic import atomic_directory
-from bertscale.data_pipeline.schema import TOKENIZER_NAME
 from bertscale.errors import CheckpointError, run_cli
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
+from bertscale.model_dir import Tokenizer, find_tokenizer, load_pretrained, load_safetensors, save_model_dir
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
     "config.json",
@@ -42,7 +38,6 @@ HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
     "model.safetensors.index.json",
     "pytorch_model.bin",
 )
-OUR_CONFIG = "bert_config.json"  # beside model.safetensors in bertscale.pretrain.checkpoint's step dir
 BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
 
@@ -54,45 +49,29 @@ def export_to_hf(
     config: BertConfig,
     state_dict: Mapping[str, torch.Tensor],
     out_dir: str | Path,
-    tokenizer: Path | None = None,
+    tokenizer: Tokenizer | None = None,
     source: str = "checkpoint",
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` of a BertForPreTraining, atomically."""
     state = check_state_dict(config, state_dict, source)
-    return _write_dir(out_dir, HF_CONFIG, config, state, tokenizer)
+    return save_model_dir(out_dir, config, state, tokenizer, config_name=HF_CONFIG)
 
 
 def save_pretrained_dir(
     config: BertConfig,
     state_dict: Mapping[str, torch.Tensor],
     out_dir: str | Path,
-    tokenizer: Path | None = None,
+    tokenizer: Tokenizer | None = None,
     source: str = "checkpoint",
 ) -> Path:
-    """Write our step-dir layout (``bert_config.json`` + ``model.safetensors``), atomically.
+    """Write our model-dir layout (``bert_config.json`` + ``model.safetensors``), atomically.
 
     ``state_dict`` has BertForPreTraining keys; without ``cls.*`` heads it is checked as an encoder.
     """
     state = dict(state_dict)
     cls = BertForPreTraining if any(key.startswith("cls.") for key in state) else BertModel
     check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
-    return _write_dir(out_dir, OUR_CONFIG, config, state, tokenizer)
-
-
-def _write_dir(
-    out_dir: str | Path, config_name: str, config: BertConfig, state: StateDict, tokenizer: Path | None
-) -> Path:
-    out = Path(out_dir)
-    # safetensors refuses tensors that share memory: tied copies are dropped, readers restore them
-    tensors = {
-        key: value.detach().cpu().contiguous() for key, value in state.items() if key not in TIED_WEIGHTS
-    }
-    with atomic_directory(out) as tmp:
-        save_file(tensors, tmp / HF_WEIGHTS, metadata={"format": "pt"})
-        (tmp / config_name).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
-        if tokenizer is not None:
-            shutil.copyfile(tokenizer, tmp / TOKENIZER_NAME)
-    return out
+    return save_model_dir(out_dir, config, state, tokenizer)
 
 
 # --- transformers -> ours --------------------------------------------------------------------
@@ -133,7 +112,7 @@ def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] 
 
 def _read_weights(root: Path) -> StateDict:
     if (root / HF_WEIGHTS).is_file():
-        return _load_safetensors(root / HF_WEIGHTS)
+        return load_safetensors(root / HF_WEIGHTS)
     if (root / HF_INDEX).is_file():
         try:
             weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
@@ -141,7 +120,7 @@ def _read_weights(root: Path) -> StateDict:
             raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
         state: StateDict = {}
         for shard in sorted(set(weight_map.values())):
-            state.update(_load_safetensors(root / shard))
+            state.update(load_safetensors(root / shard))
         return state
     if (root / HF_BIN).is_file():
         try:  # weights_only: a pickle from the internet must not run code
@@ -154,15 +133,6 @@ def _read_weights(root: Path) -> StateDict:
             raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
         return state
     raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
-
-
-def _load_safetensors(path: Path) -> StateDict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from None
 
 
 def _normalise_keys(state: StateDict) -> StateDict:
@@ -234,21 +204,16 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
 
     if args.to_hf is not None:
-        from bertscale.pretrain.checkpoint import (
-            load_pretrained,  # imports deepspeed: only for this direction
-        )
-
         source = args.to_hf
-        config, state = load_pretrained(source)
-        out = export_to_hf(config, state, args.out, _tokenizer_beside(source), str(source))
+        pretrained = load_pretrained(source)
+        config, state = pretrained.config, pretrained.state_dict
+        out = export_to_hf(config, state, args.out, pretrained.tokenizer, str(source))
         kind = "transformers BertForPreTraining"
     else:
         source = args.from_hf
         config, state = read_hf_checkpoint(source)
-        tokenizer = source / TOKENIZER_NAME  # only the directory itself: a parent's would be unrelated
-        out = save_pretrained_dir(
-            config, state, args.out, tokenizer if tokenizer.is_file() else None, str(source)
-        )
+        # only the directory itself: a parent's tokenizer would be unrelated
+        out = save_pretrained_dir(config, state, args.out, find_tokenizer(source), str(source))
         heads = "with" if any(key.startswith("cls.") for key in state) else "WITHOUT"
         kind = f"bertscale checkpoint {heads} pretraining heads"
     params = sum(value.numel() for key, value in state.items() if key not in TIED_WEIGHTS)
@@ -265,15 +230,6 @@ def _keys_for(cls: type[BertForPreTraining | BertModel], state: StateDict) -> St
 def _model_kwargs(cls: type[BertForPreTraining | BertModel], state: StateDict) -> dict[str, bool]:
     # encoders saved by transformers' token-level heads (BertForMaskedLM, ...) have no pooler
     return {"add_pooling_layer": "bert.pooler.dense.weight" in state} if cls is BertModel else {}
-
-
-def _tokenizer_beside(source: Path) -> Path | None:
-    from bertscale.finetune.checkpoint import find_tokenizer  # where fine-tuning looks, too
-
-    try:
-        return find_tokenizer(source)
-    except CheckpointError:  # a transformers directory has none of ours: nothing to copy
-        return None
 
 
 if __name__ == "__main__":

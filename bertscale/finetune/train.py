@@ -23,7 +23,7 @@ from bertscale.finetune.data import Features, eval_batches, load_task_data, load
 from bertscale.finetune.evaluate import evaluate
 from bertscale.finetune.heads import HEADS
 from bertscale.finetune.plot import plot_curves, read_curves
-from bertscale.runtime.engine import create_engine, init_distributed
+from bertscale.runtime.engine import consolidated_state_dict, create_engine, init_distributed
 from bertscale.runtime.loop import TrainState, run_training
 from bertscale.runtime.tracking import Tracker
 
@@ -41,10 +41,10 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     )
     output_dir = cfg.output_path
     base = load_base(cfg.model)
-    tokenizer = load_tokenizer(base.tokenizer)
+    tokenizer = load_tokenizer(base.tokenizer.path)
     if tokenizer.get_piece_size() > base.config.vocab_size:
         raise CheckpointError(
-            f"{base.tokenizer}: {tokenizer.get_piece_size()} pieces, but the model's vocab_size is "
+            f"{base.tokenizer.path}: {tokenizer.get_piece_size()} pieces, but the model's vocab_size is "
             f"{base.config.vocab_size}"
         )
     if cfg.max_seq_length > base.config.max_position_embeddings:
@@ -134,13 +134,8 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
 
 
 def _save(engine, cfg: FinetuneConfig, base, labels: list[str], rank: int) -> None:
-    """Collective under ZeRO-3 (parameters are gathered); rank 0 writes ``{output_dir}/model``."""
-    # ZeRO 0-2 keep whole parameters on every rank; ZeRO-3 gathers them.
-    state = (
-        engine._zero3_consolidated_16bit_state_dict()
-        if engine.zero_optimization_stage() == 3
-        else engine.module.state_dict()
-    )
+    """Collective (the fp32 weights are gathered from every rank); rank 0 writes ``{output_dir}/model``."""
+    state = consolidated_state_dict(engine)
     if rank == 0:
         head = head_info(cfg.task, labels, cfg.model.classifier_dropout)
         save_finetuned(cfg.output_path / "model", state, base.config, head, base.tokenizer, cfg)

@@ -17,7 +17,8 @@ from bertscale.config import save_config, to_dict
 from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import CheckpointError, ConfigError
 from bertscale.model import BertForPreTraining, BertForPreTrainingOutput
-from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, load_pretrained, save_checkpoint
+from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained
+from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, StreamState, eval_batches
 from bertscale.runtime.engine import all_reduce_sum, build_ds_config, create_engine, init_distributed
@@ -71,7 +72,8 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
-    init_weights = load_pretrained(cfg.checkpoint.init_from)[1] if cfg.checkpoint.init_from else None
+    init_weights = load_pretrained(cfg.checkpoint.init_from).state_dict if cfg.checkpoint.init_from else None
+    tokenizer = find_tokenizer(cfg.data.shards)
 
     dist = init_distributed()
     logging.basicConfig(
@@ -146,7 +148,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             s.step,
             bert_config=bert_config,
             run_config=cfg,
-            tokenizer=cfg.data.shards / manifest.tokenizer_file,
+            tokenizer=tokenizer,
             trainer_state={
                 "tokens": s.tokens,
                 "world_size": dist.world_size,
@@ -190,8 +192,8 @@ def main(cfg: PretrainConfig) -> TrainState:
         if dist.rank == 0:
             for artifact in ("config.yaml", "ds_config.json", "metrics.jsonl"):
                 tracker.log_artifact(output_dir / artifact)
-            latest = checkpoints / "latest"
+            latest = checkpoints / LATEST
             if latest.is_file():
-                tracker.log_artifact(checkpoints / latest.read_text().strip() / "bert_config.json")
+                tracker.log_artifact(checkpoints / latest.read_text().strip() / CONFIG)
         tracker.close(status)
     return state

@@ -5,6 +5,7 @@ Public API:
     build_ds_config(engine_cfg, micro_batch_size) -> dict    the DeepSpeed JSON, generated
     create_engine(model, engine_cfg, optimizer_cfg, schedule_cfg, micro_batch_size, max_steps)
         -> deepspeed.DeepSpeedEngine     (optimizer + LR scheduler attached; their state is checkpointed)
+    consolidated_state_dict(engine) -> state_dict   collective: full fp32 weights, any ZeRO stage
     barrier(), all_reduce_sum(values) -> list[float], all_gather_object(obj) -> list
 """
 
@@ -123,6 +124,27 @@ def create_engine(
         config=build_ds_config(engine_cfg, micro_batch_size),
     )
     return engine
+
+
+def consolidated_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor]:
+    """The module's full fp32 weights on every rank: collective, every rank calls it.
+
+    Under ZeRO (any stage) and bf16/fp16 these are the optimizer's fp32 master weights, gathered
+    from the ranks' partitions; otherwise the parameters themselves. The one way a job turns its
+    engine into weights for a model directory.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = engine.module
+    full: dict[int, torch.Tensor] = {}  # by parameter: tied weights are gathered once
+    for param in module.parameters():  # the same order on every rank: one collective each
+        master = safe_get_full_fp32_param(param)
+        full[id(param)] = (param if master is None else master).detach().to("cpu", torch.float32, copy=True)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    return {
+        key: full[id(params[key])] if key in params else value.detach().to("cpu", copy=True)  # a buffer
+        for key, value in module.state_dict().items()
+    }
 
 
 def barrier() -> None:

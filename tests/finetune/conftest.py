@@ -32,25 +32,20 @@ TINY_BERT = dict(
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """A pretrain step dir as bertscale.pretrain.checkpoint writes it: random BertForPreTraining weights."""
-    import json
-    import shutil
-
+    """A pretrain step dir (model directory + ``latest``): random BertForPreTraining weights."""
     import sentencepiece as spm
     import torch
-    from safetensors.torch import save_file
 
-    from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
+    from bertscale.model import BertConfig, BertForPreTraining
+    from bertscale.model_dir import LATEST, Tokenizer, save_model_dir
 
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer_path)).get_piece_size()
     config = BertConfig(vocab_size=vocab, **TINY_BERT)
     torch.manual_seed(1234)  # not a fine-tuning seed: init=random must not rebuild these very weights
     model = BertForPreTraining(config)
-    step = tmp_path_factory.mktemp("pretrain") / "checkpoints" / "step_00000010"
-    step.mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in TIED_WEIGHTS}
-    save_file(state, step / "model.safetensors", {"format": "pt"})
-    (step / "bert_config.json").write_text(json.dumps(config.to_hf_dict()))
-    shutil.copy(tokenizer_path, step / "tokenizer.model")
-    (step.parent / "latest").write_text(step.name + "\n")
+    checkpoints = tmp_path_factory.mktemp("pretrain") / "checkpoints"
+    step = save_model_dir(
+        checkpoints / "step_00000010", config, model.state_dict(), Tokenizer.from_path(tokenizer_path)
+    )
+    (checkpoints / LATEST).write_text(step.name + "\n")
     return step

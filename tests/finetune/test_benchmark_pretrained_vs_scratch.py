@@ -20,14 +20,36 @@ def _module():
     return module
 
 
-def test_table_lists_common_metrics_with_differences():
+def test_table_gives_median_range_and_paired_difference():
     text = _module().table(
-        {"pretrained": {"test_accuracy": 0.75, "test_loss": 0.5}, "random": {"test_accuracy": 0.6, "x": 1.0}}
+        {
+            "pretrained": {
+                1: {"test_accuracy": 0.75, "test_loss": 0.5},
+                2: {"test_accuracy": 0.70, "test_loss": 0.5},
+                3: {"test_accuracy": 0.80, "test_loss": 0.5},
+            },
+            "random": {
+                1: {"test_accuracy": 0.60, "x": 1.0},
+                2: {"test_accuracy": 0.66, "x": 1.0},
+                3: {"test_accuracy": 0.62, "x": 1.0},
+            },
+        }
     )
     lines = text.splitlines()
-    assert lines[0].split() == ["metric", "pretrained", "random", "init", "difference"]
-    assert lines[1].split() == ["test_accuracy", "0.7500", "0.6000", "+0.1500"]
-    assert len(lines) == 2
+    assert lines[0].startswith("over 3 seed(s) [1, 2, 3]")
+    assert lines[1].split() == ["metric", "pretrained", "random", "init", "difference"]
+    # medians 0.75 and 0.62; per-seed differences 0.15, 0.04, 0.18 -> median 0.15
+    assert lines[2].split() == [
+        "test_accuracy",
+        "0.7500",
+        "[0.7000,",
+        "0.8000]",
+        "0.6200",
+        "[0.6000,",
+        "0.6600]",
+        "+0.1500",
+    ]
+    assert len(lines) == 3
 
 
 @pytest.mark.slow
@@ -45,6 +67,7 @@ def test_benchmark_runs_both_inits_into_one_mlflow_store(tiny_checkpoint, tmp_pa
             "train.max_steps=6",
             "train.micro_batch_size=8",
             "train.eval_every=3",
+            "seeds=[1,2]",
             f"output_dir={out}",
         ],
         cwd=ROOT,
@@ -56,24 +79,26 @@ def test_benchmark_runs_both_inits_into_one_mlflow_store(tiny_checkpoint, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pretrained" in proc.stdout and "random init" in proc.stdout and "test_accuracy" in proc.stdout
     results = json.loads((out / "comparison.json").read_text())
-    assert set(results) == {"pretrained", "random"}
+    assert set(results) == {"pretrained", "random"} and set(results["random"]) == {"1", "2"}
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bertscale-finetune").experiment_id])
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) == {"sentiment-pretrained", "sentiment-random"}
-    assert by_name["sentiment-pretrained"].data.params["model.init"] == "pretrained"
-    assert by_name["sentiment-random"].data.params["model.init"] == "random"
+    assert set(by_name) == {
+        f"sentiment-{i}-{s}" for i in ("pretrained", "random") for s in ("seed1", "seed2", "seeds")
+    }
+    assert by_name["sentiment-pretrained-seed1"].data.params["model.init"] == "pretrained"
+    assert by_name["sentiment-random-seed2"].data.params["model.init"] == "random"
     for init in ("pretrained", "random"):
-        assert by_name[f"sentiment-{init}"].data.metrics["test_accuracy"] == pytest.approx(
-            results[init]["test_accuracy"]
+        assert by_name[f"sentiment-{init}-seed2"].data.metrics["test_accuracy"] == pytest.approx(
+            results[init]["2"]["test_accuracy"]
         )
     # same data, same head init and batches; only the encoder differs, so the first eval differs
     first = [
         min(
-            client.get_metric_history(by_name[f"sentiment-{i}"].info.run_id, "eval_loss"),
+            client.get_metric_history(by_name[f"sentiment-{i}-seed1"].info.run_id, "eval_loss"),
             key=lambda m: m.step,
         )
         for i in results

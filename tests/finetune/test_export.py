@@ -20,7 +20,7 @@ from bertscale.finetune.export import (
     save_pretrained_dir,
 )
 from bertscale.model import IGNORE_INDEX, TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
-from bertscale.pretrain.checkpoint import load_pretrained
+from bertscale.model_dir import load_pretrained
 
 TINY = dict(
     vocab_size=120,
@@ -155,7 +155,8 @@ def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
     assert_same_outputs(ours, transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval())
 
     main(["--from-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
-    config, state = load_pretrained(tmp_path / "back")
+    back = load_pretrained(tmp_path / "back")
+    config, state = back.config, back.state_dict
     assert config == ours.config
     assert set(state) == set(ours.state_dict())
     for key, value in ours.state_dict().items():

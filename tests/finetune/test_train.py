@@ -98,7 +98,8 @@ ZERO_CHECKPOINT = textwrap.dedent(
     import torch
     from bertscale.pretrain.checkpoint import save_checkpoint
     from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
-from bertscale.pretrain.config import PretrainConfig
+    from bertscale.pretrain.config import PretrainConfig
+    from bertscale.model_dir import Tokenizer
     from bertscale.runtime.engine import create_engine, init_distributed
     from bertscale.model import BertConfig, BertForPreTraining
 
@@ -110,7 +111,7 @@ from bertscale.pretrain.config import PretrainConfig
     engine = create_engine(BertForPreTraining(config), EngineConfig(zero_stage=2), OptimizerConfig(),
                            ScheduleConfig(), 2, 10)
     step = save_checkpoint(engine, out / "checkpoints", 10, bert_config=config, run_config=PretrainConfig(),
-                           tokenizer=src / "tokenizer.model", trainer_state={"data": None}, keep_last=1)
+                           tokenizer=Tokenizer.from_path(src / "tokenizer.model"), trainer_state={"data": None}, keep_last=1)
     torch.save({k: v.clone() for k, v in engine.module.state_dict().items()}, out / "reference.pt")
     (step / "model.safetensors").unlink()  # readers must now gather the ZeRO shards
     """
@@ -142,7 +143,7 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
         and not (deepspeed_dir.parent / "model.safetensors").exists()
     )
     base = load_base(ModelConfig(checkpoint=str(deepspeed_dir)))
-    assert base.tokenizer == deepspeed_dir.parent / "tokenizer.model"
+    assert base.tokenizer.files == (deepspeed_dir.parent / "tokenizer.model",)
     model = BertForTokenClassification(base.config, num_labels=3)
     init_encoder(model, base.weights, base.source)
     reference = torch.load(zero_checkpoint / "reference.pt", weights_only=True)

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from bertscale.errors import CheckpointError
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
-from bertscale.pretrain.checkpoint import find_resume, load_pretrained
+from bertscale.model_dir import load_pretrained
+from bertscale.pretrain.checkpoint import find_resume
 
 
 def write_step_dir(root: Path, step: int = 5) -> tuple[Path, BertForPreTraining]:
@@ -32,7 +33,8 @@ def write_step_dir(root: Path, step: int = 5) -> tuple[Path, BertForPreTraining]
 def test_every_path_form_gives_the_weights_with_tied_keys(tmp_path):
     step_dir, model = write_step_dir(tmp_path)
     for path in (tmp_path, tmp_path / "checkpoints", step_dir, step_dir / "model.safetensors"):
-        config, weights = load_pretrained(path)
+        pretrained = load_pretrained(path)
+        config, weights = pretrained.config, pretrained.state_dict
         assert config.hidden_size == 16 and config.vocab_size == 40
         fresh = BertForPreTraining(config)
         fresh.load_state_dict(weights)  # strict

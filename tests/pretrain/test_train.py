@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertscale.model import BertForPreTraining
-from bertscale.pretrain.checkpoint import load_pretrained
+from bertscale.model_dir import load_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -144,15 +144,16 @@ def test_checkpoint_layout_and_load_pretrained(run, tiny_shards):
     state = json.loads((step / "trainer_state.json").read_text())
     assert state["step"] == 16 and len(state["data"]) == 2 and state["data"][0]["batches"] == 16
 
-    config, weights = load_pretrained(run)  # run dir -> latest
+    pretrained = load_pretrained(run)  # run dir -> latest
+    config, weights = pretrained.config, pretrained.state_dict
     model = BertForPreTraining(config)
     model.load_state_dict(weights)  # strict: every key, tied ones restored
     assert all(v.dtype == torch.float32 for v in weights.values())
     for path in (checkpoints, step, step / "model.safetensors"):
-        _, again = load_pretrained(path)
+        again = load_pretrained(path).state_dict
         assert all(torch.equal(again[k], weights[k]) for k in weights)
     # the DeepSpeed ZeRO partitions alone give the same fp32 weights
-    _, from_zero = load_pretrained(step / "deepspeed")
+    from_zero = load_pretrained(step / "deepspeed").state_dict
     for key, value in load_file(step / "model.safetensors").items():
         torch.testing.assert_close(from_zero[key], value, rtol=0, atol=0)
 
