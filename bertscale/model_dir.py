@@ -21,6 +21,7 @@ Public API:
     save_model_dir(out, config, state_dict, tokenizer=None, config_name=CONFIG) -> Path   atomic
     step_dir_name(step), latest_step_dir(checkpoints_dir), resolve_step_dir(path) -> Path
     load_pretrained(path) -> Pretrained(config, state_dict, tokenizer, step_dir)   resolves, tied keys restored
+    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   a transformers dir, BertForPreTraining keys
     read_model_dir(directory) -> Pretrained                a model dir as written, nothing resolved
     read_config(directory) -> BertConfig; load_safetensors(path) -> state_dict
     weights_only_loading(where)      context: DeepSpeed's torch.load made weights-only
@@ -52,6 +53,14 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 DEEPSPEED = "deepspeed"  # the DeepSpeed engine checkpoint inside a pretrain step dir
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+# transformers' layout (a published BERT, or our export)
+HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
+BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
 
 # The files each tokenizer kind consists of, the first being the one its loader opens.
@@ -212,12 +221,17 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Config, weights and tokenizer from a run dir, ``checkpoints/``, step dir, ZeRO dir or model dir."""
+    """Config, weights and tokenizer from a run dir, ``checkpoints/``, step dir, ZeRO dir, model dir or
+    transformers directory (``config.json``; BertModel or BertForPreTraining keys, heads or not)."""
     given = Path(path)
-    where = _locate(given)
-    zero = where.zero_dir is not None
-    state = _load_zero(where.zero_dir, where.zero_tag) if zero else load_safetensors(where.step_dir / WEIGHTS)
-    config = read_config(where.step_dir, given)
+    if (given / HF_CONFIG).is_file() and not (given / CONFIG).is_file():
+        config, state = read_hf_checkpoint(given)
+        where = _Location(given, None, None)
+    else:
+        where = _locate(given)
+        zero = where.zero_dir is not None
+        state = _load_zero(where.zero_dir, where.zero_tag) if zero else load_safetensors(where.step_dir / WEIGHTS)
+        config = read_config(where.step_dir, given)
     for key, source in TIED_WEIGHTS.items():
         if key not in state and source in state:
             state[key] = state[source]
@@ -287,3 +301,70 @@ def weights_only_loading(where: str | Path) -> Iterator[None]:
         raise CheckpointError(f"{where}: refused by weights-only loading ({first})") from None
     finally:
         torch.load = unsafe_load
+
+
+# --- transformers' directories --------------------------------------------------------------
+
+
+def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
+    """Config and weights of a transformers BERT directory, as BertForPreTraining keys.
+
+    Accepts BertForPreTraining and BertModel checkpoints (the latter without ``bert.`` prefix and
+    without heads: the returned state then has only ``bert.*`` keys), in ``model.safetensors``,
+    a sharded safetensors index, or ``pytorch_model.bin`` (read with ``weights_only=True``).
+    """
+    root = Path(hf_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
+    config_path = root / HF_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{root}: no {HF_CONFIG}")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
+    return config, _normalise_keys(_read_weights(root))
+
+
+def _read_weights(root: Path) -> StateDict:
+    if (root / HF_WEIGHTS).is_file():
+        return load_safetensors(root / HF_WEIGHTS)
+    if (root / HF_INDEX).is_file():
+        try:
+            weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
+        state: StateDict = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors(root / shard))
+        return state
+    if (root / HF_BIN).is_file():
+        try:  # weights_only: a pickle from the internet must not run code
+            state = torch.load(root / HF_BIN, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise CheckpointError(
+                f"{root / HF_BIN}: not a loadable weights-only state dict ({err})"
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
+        return state
+    raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
+
+
+def _normalise_keys(state: StateDict) -> StateDict:
+    """BertModel keys get the ``bert.`` prefix; TF-era LayerNorm ``gamma``/``beta`` become weight/bias."""
+    bare = not any(key.startswith(("bert.", "cls.")) for key in state)
+    out = {}
+    for key, value in state.items():
+        if key.endswith("LayerNorm.gamma"):
+            key = key.removesuffix("gamma") + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key.removesuffix("beta") + "bias"
+        if bare:
+            key = f"bert.{key}"
+        if key not in BUFFERS:
+            out[key] = value
+    return out

@@ -13,7 +13,7 @@ BERT tokenizers, WordPiece ``vocab.txt``, are not ours and are not converted).
 
 Public API:
     export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path     tokenizer: a model_dir.Tokenizer
-    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   BertForPreTraining keys (tied ones may lack)
+    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   (bertscale.model_dir's) BertForPreTraining keys
     check_state_dict(config, state_dict, source, cls) -> state_dict with tied keys, or CheckpointError
     load_hf_model(hf_dir, cls=BertForPreTraining) -> our BertForPreTraining or BertModel, eval mode
     save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our model-dir layout
@@ -22,7 +22,6 @@ Public API:
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,15 +29,15 @@ import torch
 
 from bertscale.errors import CheckpointError, run_cli
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
-from bertscale.model_dir import Tokenizer, find_tokenizer, load_pretrained, load_safetensors, save_model_dir
-
-HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
+from bertscale.model_dir import (
+    HF_CONFIG,
+    Tokenizer,
+    find_tokenizer,
+    load_pretrained,
+    read_hf_checkpoint,
+    save_model_dir,
 )
-BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -77,29 +76,6 @@ def save_pretrained_dir(
 # --- transformers -> ours --------------------------------------------------------------------
 
 
-def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
-    """Config and weights of a transformers BERT directory, as BertForPreTraining keys.
-
-    Accepts BertForPreTraining and BertModel checkpoints (the latter without ``bert.`` prefix and
-    without heads: the returned state then has only ``bert.*`` keys), in ``model.safetensors``,
-    a sharded safetensors index, or ``pytorch_model.bin`` (read with ``weights_only=True``).
-    """
-    root = Path(hf_dir)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
-    config_path = root / HF_CONFIG
-    if not config_path.is_file():
-        raise CheckpointError(f"{root}: no {HF_CONFIG}")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    if not isinstance(hf_config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
-    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
-    return config, _normalise_keys(_read_weights(root))
-
-
 def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] = BertForPreTraining):
     """Our ``cls`` (BertForPreTraining or BertModel) with the weights of a transformers directory."""
     config, state = read_hf_checkpoint(hf_dir)
@@ -108,47 +84,6 @@ def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] 
     model = cls(config, **kwargs)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _read_weights(root: Path) -> StateDict:
-    if (root / HF_WEIGHTS).is_file():
-        return load_safetensors(root / HF_WEIGHTS)
-    if (root / HF_INDEX).is_file():
-        try:
-            weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
-        state: StateDict = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_safetensors(root / shard))
-        return state
-    if (root / HF_BIN).is_file():
-        try:  # weights_only: a pickle from the internet must not run code
-            state = torch.load(root / HF_BIN, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            raise CheckpointError(
-                f"{root / HF_BIN}: not a loadable weights-only state dict ({err})"
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
-        return state
-    raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
-
-
-def _normalise_keys(state: StateDict) -> StateDict:
-    """BertModel keys get the ``bert.`` prefix; TF-era LayerNorm ``gamma``/``beta`` become weight/bias."""
-    bare = not any(key.startswith(("bert.", "cls.")) for key in state)
-    out = {}
-    for key, value in state.items():
-        if key.endswith("LayerNorm.gamma"):
-            key = key.removesuffix("gamma") + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key.removesuffix("beta") + "bias"
-        if bare:
-            key = f"bert.{key}"
-        if key not in BUFFERS:
-            out[key] = value
-    return out
 
 
 # --- both ------------------------------------------------------------------------------------
