@@ -16,7 +16,7 @@ Three things make training fast without changing a single state_dict key:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,15 +337,6 @@ class BertLMPredictionHead(nn.Module):
         return self.decoder(self.transform(hidden_states))  # (..., V)
 
 
-class BertOnlyNSPHead(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
-
-    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
-        return self.seq_relationship(pooled_output)  # (B, 2)
-
-
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -379,6 +370,26 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
+@dataclass
+class BertModelOutput:
+    """HuggingFace's BaseModelOutputWithPooling names, plus the rows ``output_mask`` asked for.
+
+    Unpacks as ``sequence_output, pooled_output = bert(...)`` (HF's tuple form), where
+    sequence_output is ``last_hidden_state``, or ``masked_hidden_state`` when output_mask was given.
+    """
+
+    last_hidden_state: torch.Tensor | None = None  # (B, T, H); None when output_mask was given
+    pooler_output: torch.Tensor | None = None  # (B, H); None without a pooler
+    masked_hidden_state: torch.Tensor | None = None  # (K, H) = last_hidden_state[output_mask]
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        yield self.last_hidden_state if self.masked_hidden_state is None else self.masked_hidden_state
+        yield self.pooler_output
+
+    def __getitem__(self, index: int) -> torch.Tensor | None:
+        return tuple(self)[index]
+
+
 class BertModel(nn.Module):
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__()
@@ -395,13 +406,14 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return ``(sequence_output (B, T, H), pooled_output (B, H))``.
+    ) -> BertModelOutput:
+        """``last_hidden_state`` (B, T, H) and ``pooler_output`` (B, H).
 
-        With ``config.unpad`` and padding in ``attention_mask``, sequence_output is 0 at padded
+        With ``config.unpad`` and padding in ``attention_mask``, last_hidden_state is 0 at padded
         positions (HuggingFace computes values there that no loss or head should read).
-        ``output_mask`` (B, T) bool: return ``sequence_output[output_mask]`` (K, H) instead, computed
-        cheaply: the last layer runs its output projection and FFN only at those positions and [CLS].
+        ``output_mask`` (B, T) bool: ``masked_hidden_state`` = last_hidden_state[output_mask] (K, H)
+        instead of last_hidden_state, computed cheaply: the last layer runs its output projection
+        and FFN only at those positions and [CLS].
         """
         B, T = input_ids.shape
         if token_type_ids is None:
@@ -426,7 +438,7 @@ class BertModel(nn.Module):
                 padding.pad(hidden_states) if padding is not None else hidden_states
             )  # (B, T, H)
             pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # (B, H)
-            return sequence_output, pooled_output
+            return BertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
         keep = output_mask.clone()
         keep[:, 0] = True  # the [CLS] rows feed the pooler
@@ -436,7 +448,7 @@ class BertModel(nn.Module):
         sequence_output = hidden_states[output_mask.flatten()[positions]]  # (K, H)
         first_tokens = hidden_states[positions % T == 0][:, None]  # (B, 1, H): the pooler reads [:, 0]
         pooled_output = self.pooler(first_tokens) if self.pooler is not None else None
-        return sequence_output, pooled_output
+        return BertModelOutput(pooler_output=pooled_output, masked_hidden_state=sequence_output)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return _count_parameters(self, exclude_embeddings)
@@ -472,20 +484,20 @@ class BertForPreTraining(nn.Module):
     ) -> BertForPreTrainingOutput:
         """``labels`` (B, T): target id at masked positions, -100 elsewhere (HuggingFace style)."""
         if labels is None:
-            sequence_output, pooled_output = self.bert(input_ids, attention_mask, token_type_ids)
+            encoded = self.bert(input_ids, attention_mask, token_type_ids)
             out = BertForPreTrainingOutput(
-                prediction_logits=self.cls.predictions(sequence_output)
+                prediction_logits=self.cls.predictions(encoded.last_hidden_state)
             )  # (B, T, V)
         else:
             masked = labels != IGNORE_INDEX  # (B, T)
             # the last layer and the MLM head run at the masked ~15% of tokens only
-            masked_output, pooled_output = self.bert(
-                input_ids, attention_mask, token_type_ids, output_mask=masked
-            )
-            out = BertForPreTrainingOutput(prediction_logits=self.cls.predictions(masked_output))  # (M, V)
+            encoded = self.bert(input_ids, attention_mask, token_type_ids, output_mask=masked)
+            out = BertForPreTrainingOutput(
+                prediction_logits=self.cls.predictions(encoded.masked_hidden_state)
+            )  # (M, V)
             out.masked_lm_labels = labels[masked]  # (M,)
             out.mlm_loss = _cross_entropy(out.prediction_logits, out.masked_lm_labels)
-        out.seq_relationship_logits = self.cls.seq_relationship(pooled_output)
+        out.seq_relationship_logits = self.cls.seq_relationship(encoded.pooler_output)
         if next_sentence_label is not None:
             out.nsp_loss = _cross_entropy(out.seq_relationship_logits, next_sentence_label.view(-1))
 

@@ -1,14 +1,14 @@
-"""The pipeline on Ray: read → clean → tokenizer → encode → pairs + masks → shards + manifest.
+"""The pipeline on Ray: schedules the stages of :mod:`bertscale.data_pipeline.stages`.
 
-The only module importing ray. Work is cut into contiguous document ranges; each document's
-randomness comes from (seed, doc_id) and results are gathered in document order, so the
-output is byte-identical for any ``num_workers``.
+read → clean → tokenize → encode → pairs + masks → plan → shards + manifest. The only module
+importing ray. No byte of the corpus passes through the driver: tasks read the inputs (one per
+file, or per byte range of a multistream dump), spill every result to files and return counts;
+the driver plans from those counts and writes the manifest. Each document's randomness comes
+from (seed, doc_id) and samples are ordered by global index, so the output is byte-identical for
+any ``num_workers``.
 
-Driver memory does not grow with the corpus: tasks write their results to spill files inside the
-output's temporary directory (see :mod:`bertscale.data_pipeline.spill`) and return counts; the driver keeps
-tokens per document and a few numbers per sample (doc id, label, tokens, where its records lie),
-and reads each shard's records back from the spill files when it writes that shard. With a
-multi-node Ray cluster, ``output_dir`` must therefore be on a filesystem every node sees.
+With a multi-node Ray cluster, ``output_dir`` must be on a filesystem every node mounts (NFS,
+Lustre, ...): tasks write the spill files and the shards there. This is checked at start-up.
 """
 
 from __future__ import annotations
@@ -18,125 +18,112 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
-from bertscale.data_pipeline import sources, spill
-from bertscale.data_pipeline.config import PairsConfig, PipelineConfig
-from bertscale.data_pipeline.instances import Corpus, range_samples
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SpecialTokens, SplitInfo
-from bertscale.data_pipeline.shards import SampleBatch, plan_shards, write_manifest, write_split
+from bertscale.data_pipeline import multistream, sources, spill, stages
+from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SplitInfo
+from bertscale.data_pipeline.shards import write_manifest
+from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
 from bertscale.data_pipeline.tokenizer import (
-    Processor,
     load_tokenizer_model,
     model_sha256,
     processor,
+    sample_indices,
     special_tokens,
     tokenizer_filename,
     tokenizer_kind,
-    train_tokenizer,
     word_start_table,
 )
 from bertscale.errors import DataError
 
-CLEAN_BATCH_CHARS = 256_000  # raw wikitext per cleaning task: small enough to spread, big enough to amortise
-BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step (memory ~ 30x this)
+__all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
+
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
+RANGE_BYTES = 64 << 20  # compressed bytes of a multistream dump per read task, at most
+BOOK_TASK_BYTES = 8 << 20  # consecutive books read by one task, up to this many bytes
 
 
-# --- stage functions (pure; benchmarks/pipeline.py times them directly) -----------------------
+# --- Ray tasks (module level so workers import them by name) ----------------------------------
 
 
-def encode_documents(
-    model_proto: bytes, documents: list[list[str]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """→ (flat token ids, length per non-empty sentence, non-empty sentences per document)."""
-    return _encode(processor(model_proto), documents)
+def _read_group(
+    units: list[tuple[int, ReadUnit]], limit: int | None, min_chars: int, spill_dir: Path
+) -> list[tuple[list[Chunk], str | None]]:
+    return [stages.read_unit(unit, number, limit, min_chars, spill_dir) for number, unit in units]
 
 
-def _encode(
-    sp: Processor, documents: list[list[str]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    bounds = np.cumsum([0, *(len(doc) for doc in documents)])
-    per_doc = np.array([np.count_nonzero(lengths[a:b]) for a, b in itertools.pairwise(bounds)], np.int64)
-    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return tokens, lengths[lengths > 0], per_doc
-
-
-def sample_blocks(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray,
-) -> Iterator[SampleBatch]:  # fmt: skip
-    """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
-    ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
-    blocking changes no byte)."""
-    doc_tokens = np.diff(corpus.sentence_offsets[corpus.document_offsets[first : last + 1]])
-    bounds = np.searchsorted(
-        np.cumsum(doc_tokens), np.arange(BUILD_BLOCK_TOKENS, doc_tokens.sum(), BUILD_BLOCK_TOKENS)
-    )
-    cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
-    for a, b in itertools.pairwise(cuts.tolist()):
-        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, special, seed, word_start))
-
-
-def build_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray,
-) -> SampleBatch:  # fmt: skip
-    """:func:`sample_blocks` in memory, as one batch."""
-    return SampleBatch.concatenate(
-        list(sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start))
-    )
-
-
-# --- Ray tasks (module level so workers import them by name): results go to spill files -------
+_read_task = ray.remote(num_cpus=1)(_read_group).options(name="read_unit")
+_clean_task = ray.remote(num_cpus=1)(stages.clean_batch).options(name="clean_batch")
 
 
 @ray.remote(num_cpus=1)
-def _clean_task(raws: list[sources.RawDocument], min_sentence_chars: int, path: Path) -> tuple[int, int]:
-    """→ (documents with text, sentences), the documents written to ``path``."""
-    cleaned = (sources.clean_document(raw, min_sentence_chars) for raw in raws)
-    documents = [doc.sentences for doc in cleaned if doc.sentences]
-    return len(documents), spill.write_documents(path, documents)
+def _read_dump_task(
+    unit: ReadUnit, number: int, limit: int | None, min_chars: int, spill_dir: Path, in_flight: int
+) -> list[tuple[list[Chunk], str | None]]:
+    """A whole single-stream dump: this task parses the XML and streams batches of pages on to
+    cleaning tasks (mwparserfromhell, the costly part), ``in_flight`` at a time."""
+    refs: list[ray.ObjectRef] = []
+    error = None
+    try:
+        for raws in stages.raw_batches(unit, limit):
+            refs.append(_clean_task.remote(raws, min_chars, stages.clean_path(spill_dir, number, len(refs))))
+            if len(refs) > in_flight:  # blocked here, this task lends its CPU to the cleaners
+                ray.wait(refs, num_returns=len(refs) - in_flight)
+    except DataError as err:
+        error = str(err)
+    return [(ray.get(refs), error)]
 
 
-def _encode_files(model_proto: bytes, paths: list[Path], spill_dir: Path, part: int) -> np.ndarray:
-    """Encode clean files one at a time into encode part ``part`` → tokens per kept document."""
-    sp, doc_tokens = processor(model_proto), []  # the model loaded once, not per file
-    with spill.encoded_writer(spill_dir, part) as out:
-        for path in paths:
-            tokens, lengths, per_doc = _encode(sp, spill.read_documents(path))
-            per_doc = per_doc[per_doc > 0]  # documents left without a token are dropped
-            out["tokens"].write(tokens.tobytes())
-            out["lengths"].write(lengths.tobytes())
-            out["docs"].write(per_doc.tobytes())
-            ends = np.cumsum(lengths)[np.cumsum(per_doc) - 1]
-            doc_tokens.append(np.diff(ends, prepend=0))
-    return np.concatenate([np.zeros(0, np.int64), *doc_tokens])
+@ray.remote(num_cpus=1)
+def _multistream_task(dump: str, index: Path, parts: int) -> tuple[list[ReadUnit], str | None]:
+    """The read units of a multistream dump: byte ranges of whole streams, or the whole dump (and
+    the reason) when its index does not match it."""
+    try:
+        offsets = multistream.stream_offsets(dump, index)
+        header = multistream.dump_header(dump)
+    except DataError as err:
+        return [ReadUnit("wiki", dump)], str(err)
+    size = Path(dump).stat().st_size
+    parts = max(parts, -(-size // RANGE_BYTES))
+    ranges = multistream.plan_ranges(offsets, size, parts)
+    return [ReadUnit("wiki", dump, a, b, header) for a, b in ranges], None
 
 
-def _spill_samples(
-    spill_dir: Path, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray, path: Path,
-) -> SampleBatch:  # fmt: skip
-    corpus = spill.load_corpus(spill_dir)
-    return spill.spill_records(
-        sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start), path
-    )
+_trim_task = ray.remote(num_cpus=1)(spill.trim_documents).options(name="trim_documents")
+_sample_task = ray.remote(num_cpus=1)(stages.sample_sentences).options(name="sample_sentences")
+_tokenizer_task = ray.remote(num_cpus=1)(stages.train_from_samples).options(name="train_tokenizer")
+_encode_task = ray.remote(num_cpus=1)(stages.encode_files).options(name="encode_documents")
+_join_task = ray.remote(num_cpus=1)(stages.join_corpus).options(name="join_corpus")
+_samples_task = ray.remote(num_cpus=1)(stages.samples_part).options(name="build_samples")
+_shards_task = ray.remote(num_cpus=1)(stages.write_shards).options(name="write_shards")
 
 
-# named after the stage functions they run (what `ps` shows as ray::<name>)
-_encode_task = ray.remote(num_cpus=1)(_encode_files).options(name="encode_documents")
-_samples_task = ray.remote(num_cpus=1)(_spill_samples).options(name="build_samples")
+@ray.remote(num_cpus=1)
+def _plan_task(*args: Any) -> dict[str, stages.SplitPlan] | str:
+    try:
+        return stages.plan_splits(*args)
+    except DataError as err:  # returned, not raised: the driver turns it into one line
+        return str(err)
+
+
+@ray.remote(num_cpus=0)
+def _sees_task(marker: str, token: str) -> str | None:
+    """None if this node reads ``token`` from ``marker``, else what it found."""
+    try:
+        found = Path(marker).read_text()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None if found == token else "it holds another run's marker"
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -196,52 +183,25 @@ class _Clock:
         self.last = now
 
 
-def _raw_documents(cfg: PipelineConfig, skips: _Skips) -> Iterator[sources.RawDocument]:
-    wiki_files, missing_wiki = sources.expand_inputs(cfg.inputs.wiki)
-    book_files, missing_books = sources.expand_inputs(cfg.inputs.books)
-    for item in missing_wiki + missing_books:
-        skips.add(item["path"], item["reason"])
-    for path in wiki_files:
-        kept = 0
-        try:
-            for raw in sources.iter_wiki_pages(path):
-                kept += 1
-                yield raw
-        except DataError as err:
-            skips.add(path, f"{err}" + (f" ({kept} articles before it kept)" if kept else ""))
-    for path in book_files:
-        try:
-            yield sources.read_book(path)
-        except DataError as err:
-            skips.add(path, str(err))
-        except OSError as err:
-            skips.add(path, f"unreadable ({err.strerror or err})")
+class _Stage:
+    """What the stages share: the config, the spill directory, progress bars, skips."""
 
+    def __init__(self, cfg: PipelineConfig, spill_dir: Path) -> None:
+        self.cfg, self.spill_dir = cfg, spill_dir
+        self.parts = cfg.num_workers * TASKS_PER_WORKER
+        self.skips = _Skips(cfg.on_bad_input == "fail")
+        self._bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
 
-def _batches(raws: Iterator[sources.RawDocument], limit: int | None) -> Iterator[list[sources.RawDocument]]:
-    batch: list[sources.RawDocument] = []
-    chars = 0
-    for n, raw in enumerate(raws):
-        if limit is not None and n >= limit:
-            break
-        batch.append(raw)
-        chars += len(raw.text)
-        if chars >= CLEAN_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _gather(refs: list[ray.ObjectRef], sizes: list[int], bar: tqdm) -> list[Any]:
-    """Results in submission order, advancing ``bar`` by each task's size as it finishes."""
-    size_of = dict(zip(refs, sizes, strict=True))
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        bar.update(size_of[done[0]])
-    bar.close()
-    return ray.get(refs)
+    def gather(self, refs: list[ray.ObjectRef], sizes: list[int], desc: str, unit: str) -> list[Any]:
+        """Results in submission order, advancing a progress bar by each task's size as it finishes."""
+        bar = tqdm(total=sum(sizes), desc=desc, unit=unit, **self._bar)
+        size_of = dict(zip(refs, sizes, strict=True))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(size_of[done[0]])
+        bar.close()
+        return ray.get(refs)
 
 
 def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
@@ -261,131 +221,264 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
         spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
         spill_dir.mkdir()
         try:
-            _stages(cfg, tmp, spill_dir, model_proto, clock)
+            check_shared(spill_dir, output)
+            stage = _Stage(cfg, spill_dir)
+            chunks = read_stage(stage)
+            clock.lap("read_clean")
+            model_proto = tokenize_stage(stage, chunks, model_proto)
+            clock.lap("tokenizer")
+            corpus = encode_stage(stage, chunks, model_proto)
+            clock.lap("encode")
+            samples = pairs_stage(stage, corpus, model_proto)
+            clock.lap("pairs")
+            splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
+            with atomic_write(tmp / tokenizer_filename(model_proto), "wb") as f:
+                f.write(model_proto)
+            special = special_tokens(processor(model_proto))  # readers never assume fixed ids
+            manifest = Manifest(
+                tokenizer_sha256=model_sha256(model_proto),
+                vocab_size=special.vocab_size,
+                max_seq_length=cfg.pairs.max_seq_length,
+                dupe_factor=cfg.pairs.dupe_factor,
+                splits=splits,
+                config=to_dict(cfg),
+                inputs={
+                    "documents": corpus["documents"],
+                    "sentences": corpus["sentences"],
+                    "tokens": corpus["tokens"],
+                    "pairs": samples["pairs"],
+                    "random_next_fraction": samples["random_next"] / samples["pairs"],
+                    "validation_documents": stages.num_validation(
+                        corpus["documents"], cfg.split.validation_fraction
+                    ),
+                },
+                skipped=stage.skips.items,
+                dropped_samples=dropped,
+                tokenizer_file=tokenizer_filename(model_proto),
+                special_tokens=special.ids,
+                tokenizer_kind=tokenizer_kind(model_proto),
+                reserved_ids=[list(r) for r in special.reserved],
+            )
+            write_manifest(tmp, manifest)
         finally:
             shutil.rmtree(spill_dir)  # before the directory is published (or removed on error)
     clock.lap("write")
     return output
 
 
-def _stages(
-    cfg: PipelineConfig, tmp: Path, spill_dir: Path, model_proto: bytes | None, clock: _Clock
-) -> None:
-    """The stages; every intermediate result goes to ``spill_dir``, the driver keeps counts and
-    per-document sizes (plus per-sample metadata: doc id, label, tokens, where its records are)."""
-    bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
-    workers = cfg.num_workers
-    skips = _Skips(cfg.on_bad_input == "fail")
+def check_shared(directory: Path, output: Path) -> None:
+    """Every Ray node that runs tasks must see ``directory`` (inside ``output``): one clear error if not."""
+    marker, token = directory / f".visible-{uuid.uuid4().hex}", uuid.uuid4().hex
+    marker.write_text(token)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    refs = [
+        _sees_task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(marker), token)
+        for n in nodes
+    ]
+    try:
+        for node, problem in zip(nodes, ray.get(refs), strict=True):
+            if problem is not None:
+                raise DataError(
+                    f"output_dir {output}: Ray node {node.get('NodeManagerAddress', node['NodeID'])} cannot see"
+                    f" {directory} ({problem}); on a multi-node cluster output_dir must be on a filesystem"
+                    " every node mounts (NFS, Lustre, ...)"
+                )
+    finally:
+        marker.unlink()
 
-    # 1. read and clean: the driver streams raw pages, workers run mwparserfromhell + sentence split
-    refs, sizes, clean_files = [], [], []
-    with tqdm(desc="read", unit="doc", **bar) as read_bar:
-        for batch in _batches(_raw_documents(cfg, skips), cfg.inputs.max_documents):
-            clean_files.append(spill_dir / f"clean-{len(clean_files):06d}.bin")
-            refs.append(_clean_task.remote(batch, cfg.inputs.min_sentence_chars, clean_files[-1]))
-            sizes.append(len(batch))
-            read_bar.update(len(batch))
-            if len(refs) > 2 * workers:  # bound what is in flight; a dump is never whole in memory
-                ray.wait(refs, num_returns=len(refs) - 2 * workers)
-    cleaned = _gather(refs, sizes, tqdm(total=sum(sizes), desc="clean", unit="doc", **bar))
-    sentences_per_file = [n for _, n in cleaned]
-    if sum(d for d, _ in cleaned) == 0:
+
+# --- stage 1: read + clean (tasks read the inputs; the driver never touches their bytes) -----
+
+
+def _read_units(stage: _Stage) -> list[ReadUnit]:
+    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books."""
+    wiki_files, missing_wiki = sources.expand_inputs(stage.cfg.inputs.wiki)
+    book_files, missing_books = sources.expand_inputs(stage.cfg.inputs.books)
+    for item in missing_wiki + missing_books:
+        stage.skips.add(item["path"], item["reason"])
+    indexes = {path: multistream.index_path(path) for path in wiki_files}
+    refs = {
+        path: _multistream_task.remote(path, index, stage.parts)
+        for path, index in indexes.items()
+        if index is not None
+    }
+    units = []
+    for path in wiki_files:
+        if path not in refs:
+            units.append(ReadUnit("wiki", path))
+            continue
+        ranges, problem = ray.get(refs[path])
+        if problem is not None:
+            if stage.skips.fail:
+                raise DataError(problem)
+            print(f"warning: {problem}; {path} is read as one stream", file=sys.stderr, flush=True)
+        units.extend(ranges)
+    return units + [ReadUnit("book", path) for path in book_files]
+
+
+def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
+    """Consecutive books, up to BOOK_TASK_BYTES per group (a task per small file would cost more
+    than reading it)."""
+    groups: list[list[tuple[int, ReadUnit]]] = []
+    size = BOOK_TASK_BYTES
+    for item in units:
+        item_size = Path(item[1].path).stat().st_size if Path(item[1].path).is_file() else 0
+        if size + item_size > BOOK_TASK_BYTES and (not groups or groups[-1]):
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item_size
+    return groups
+
+
+def read_stage(stage: _Stage) -> list[Chunk]:
+    """Read and clean every input in tasks → the clean spill files, in input order."""
+    cfg = stage.cfg
+    limit, min_chars = cfg.inputs.max_documents, cfg.inputs.min_sentence_chars
+    units = list(enumerate(_read_units(stage)))
+    jobs: list[tuple[list[tuple[int, ReadUnit]], ray.ObjectRef]] = []
+    for number, unit in units:
+        if unit.kind == "wiki" and unit.end is None:
+            ref = _read_dump_task.remote(unit, number, limit, min_chars, stage.spill_dir, 2 * cfg.num_workers)
+            jobs.append(([(number, unit)], ref))
+        elif unit.kind == "wiki":
+            jobs.append(
+                ([(number, unit)], _read_task.remote([(number, unit)], limit, min_chars, stage.spill_dir))
+            )
+    for group in _book_groups([(n, u) for n, u in units if u.kind == "book"]):
+        jobs.append((group, _read_task.remote(group, limit, min_chars, stage.spill_dir)))
+    jobs.sort(key=lambda job: job[0][0][0])
+    results = stage.gather([ref for _, ref in jobs], [len(group) for group, _ in jobs], "read", "file")
+    chunks: list[Chunk] = []
+    for (group, _), result in zip(jobs, results, strict=True):
+        for (_, unit), (unit_chunks, error) in zip(group, result, strict=True):
+            if error is not None:
+                where = unit.path if unit.end is None else f"{unit.path} (bytes {unit.start}-{unit.end})"
+                stage.skips.add(where, error)
+            chunks.extend(unit_chunks)
+    if limit is not None:
+        chunks = _cap(chunks, limit)
+    if sum(c.documents for c in chunks) == 0:
         raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
-    clock.lap("read_clean")
+    return chunks
 
-    # 2. tokenizer: trained once on the driver (sentences read back from the spill), or loaded
-    if model_proto is None:
-        model_proto = train_tokenizer(
-            spill.SpilledSentences(clean_files, sentences_per_file), cfg.tokenizer, cfg.seed
-        )
-    sp = processor(model_proto)
-    special = special_tokens(sp)  # recorded in the manifest: readers never assume fixed ids
-    clock.lap("tokenizer")
 
-    # 3. encode sentences in the workers, then join their parts into one memory-mappable corpus
+def _cap(chunks: list[Chunk], limit: int) -> list[Chunk]:
+    """The chunks of the first ``limit`` raw documents in input order (the one crossing it trimmed)."""
+    kept: list[Chunk] = []
+    for chunk in chunks:
+        left = limit - sum(c.raws for c in kept)
+        if left <= 0:
+            chunk.path.unlink()
+        elif chunk.raws > left:
+            documents, sentences = ray.get(_trim_task.remote(chunk.path, left))
+            kept.append(Chunk(chunk.path, documents, sentences, left))
+        else:
+            kept.append(chunk)
+    return kept
+
+
+# --- stage 2: tokenizer ---------------------------------------------------------------------
+
+
+def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None) -> bytes:
+    """The given tokenizer, or one trained in a task on a bounded sample of the clean sentences:
+    tasks gather the seeded sample (at most ``tokenizer.input_sentence_size`` sentences, corpus
+    order kept) from their clean files; the driver holds only the sample's indices."""
+    if model_proto is not None:
+        return model_proto
+    cfg = stage.cfg
+    counts = np.array([c.sentences for c in chunks], np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    keep = sample_indices(int(starts[-1]), cfg.tokenizer.input_sentence_size, cfg.seed)
+    if keep is None:  # the whole corpus is the sample: the trainer reads the clean files themselves
+        paths = [c.path for c in chunks]
+        return ray.get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
+    bounds = np.searchsorted(keep, starts)
+    picks = [keep[a:b] - start for a, b, start in zip(bounds[:-1], bounds[1:], starts[:-1], strict=True)]
+    groups = _ranges(np.diff(bounds), stage.parts)
+    paths = [stage.spill_dir / f"sample-{i:06d}.bin" for i in range(len(groups))]
+    refs = [
+        _sample_task.remote(chunks[a:b], picks[a:b], path) for (a, b), path in zip(groups, paths, strict=True)
+    ]
+    sampled = stage.gather(refs, [b - a for a, b in groups], "sample", "file")
+    model_proto = ray.get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
+    for path in paths:
+        path.unlink()
+    return model_proto
+
+
+# --- stage 3: encode --------------------------------------------------------------------------
+
+
+def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict[str, Any]:
+    """Encode the clean files in tasks, join their parts into one memory-mappable corpus (in a
+    task) → counts, and the document ranges of the pairs stage (equal tokens each)."""
     model_ref = ray.put(model_proto)
-    parts = _ranges(np.array(sentences_per_file), workers * TASKS_PER_WORKER)
-    refs = [_encode_task.remote(model_ref, clean_files[a:b], spill_dir, i) for i, (a, b) in enumerate(parts)]
-    encoded = _gather(
-        refs, [sum(d for d, _ in cleaned[a:b]) for a, b in parts],
-        tqdm(total=sum(d for d, _ in cleaned), desc="encode", unit="doc", **bar),
-    )  # fmt: skip
-    doc_tokens = np.concatenate(encoded)  # (D,) tokens per document: all the driver keeps of the corpus
-    num_sentences = spill.join_corpus(spill_dir, len(parts))
-    for path in clean_files:
-        path.unlink()  # the text is no longer needed; only ids go on
-    num_docs = len(doc_tokens)
-    clock.lap("encode")
+    parts = _ranges(np.array([c.sentences for c in chunks]), stage.parts)
+    refs = [
+        _encode_task.remote(model_ref, [c.path for c in chunks[a:b]], stage.spill_dir, i)
+        for i, (a, b) in enumerate(parts)
+    ]
+    sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
+    stage.gather(refs, sizes, "encode", "doc")
+    sentences, doc_ranges = ray.get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
+    for chunk in chunks:
+        chunk.path.unlink()  # the text is no longer needed; only ids go on
+    corpus = spill.load_corpus(stage.spill_dir)  # memory-mapped: the driver reads two numbers
+    documents, tokens = corpus.num_documents, int(corpus.sentence_offsets[-1]) if sentences else 0
+    return {"documents": documents, "sentences": sentences, "tokens": tokens, "ranges": doc_ranges}
 
-    # 4. pairs + masks; the random-B pool is a seeded sample of documents, the same for any split of work
+
+# --- stage 4: pairs + masks -------------------------------------------------------------------
+
+
+def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> dict[str, int]:
+    """Samples of each document range in tasks (records + metadata spilled) → counts."""
+    cfg, num_docs = stage.cfg, corpus["documents"]
+    # the random-B pool is a seeded sample of documents, the same for any split of work
     pool = np.arange(num_docs)
     if num_docs > cfg.pairs.random_doc_pool:
         pool = np.sort(
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
-    word_start = word_start_table(sp)
-    parts = _ranges(doc_tokens, workers * TASKS_PER_WORKER)
+    sp = processor(model_proto)
+    special, word_start = special_tokens(sp), word_start_table(sp)
     refs = [
-        _samples_task.remote(
-            spill_dir,
-            a,
-            b,
-            pool,
-            cfg.pairs,
-            special,
-            cfg.seed,
-            word_start,
-            spill_dir / f"records-{i:06d}.bin",
-        )
-        for i, (a, b) in enumerate(parts)
+        _samples_task.remote(stage.spill_dir, i, a, b, pool, cfg.pairs, special, cfg.seed, word_start)
+        for i, (a, b) in enumerate(corpus["ranges"])
     ]
-    produced = _gather(refs, [b - a for a, b in parts], tqdm(total=num_docs, desc="pairs", unit="doc", **bar))
-    samples = SampleBatch.concatenate(produced)  # metadata only: the records stay in the spill files
-    if len(samples) == 0:
+    produced = stage.gather(refs, [b - a for a, b in corpus["ranges"]], "pairs", "doc")
+    pairs = sum(n for n, _ in produced)
+    if pairs == 0:
         raise DataError(f"no sentence pairs could be built from {num_docs} documents (all too short?)")
-    clock.lap("pairs")
+    return {"pairs": pairs, "random_next": sum(r for _, r in produced), "parts": len(refs)}
 
-    # 5. split by document, shuffle each split (seeded), cut into equal shards
-    num_val = round(cfg.split.validation_fraction * num_docs)
-    if cfg.split.validation_fraction > 0 and num_docs >= 2:
-        num_val = min(max(num_val, 1), num_docs - 1)
-    validation_docs = np.random.default_rng([cfg.seed, 0x5]).permutation(num_docs)[:num_val]
-    in_validation = np.isin(samples.doc_ids, validation_docs)
-    members = {"train": np.flatnonzero(~in_validation), "validation": np.flatnonzero(in_validation)}
 
-    split_infos: dict[str, SplitInfo] = {}
-    dropped: dict[str, int] = {}
-    try:
-        for index, split in enumerate(SPLITS):
-            order = np.random.default_rng([cfg.seed, 0x51, index]).permutation(members[split])
-            plans, dropped[split] = plan_shards(
-                order, cfg.split.samples_per_shard, cfg.split.remainder, split
-            )
-            split_infos[split] = write_split(tmp, split, samples, plans, cfg.split.samples_per_shard)
-    finally:
-        samples.close()
-    with atomic_write(tmp / tokenizer_filename(model_proto), "wb") as f:
-        f.write(model_proto)
-    manifest = Manifest(
-        tokenizer_sha256=model_sha256(model_proto),
-        vocab_size=special.vocab_size,
-        max_seq_length=cfg.pairs.max_seq_length,
-        dupe_factor=cfg.pairs.dupe_factor,
-        splits=split_infos,
-        config=to_dict(cfg),
-        inputs={
-            "documents": num_docs,
-            "sentences": num_sentences,
-            "tokens": int(doc_tokens.sum()),
-            "pairs": len(samples),
-            "random_next_fraction": float(samples.labels.mean()) if len(samples) else 0.0,
-            "validation_documents": num_val,
-        },
-        skipped=skips.items,
-        dropped_samples=dropped,
-        tokenizer_file=tokenizer_filename(model_proto),
-        special_tokens=special.ids,
-        tokenizer_kind=tokenizer_kind(model_proto),
-        reserved_ids=[list(r) for r in special.reserved],
-    )
-    write_manifest(tmp, manifest)
+# --- stage 5: plan + shards -------------------------------------------------------------------
+
+
+def shards_stage(
+    stage: _Stage, out_dir: Path, num_docs: int, parts: int
+) -> tuple[dict[str, SplitInfo], dict[str, int]]:
+    """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
+    cfg = stage.cfg
+    plans = ray.get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
+    if isinstance(plans, str):
+        raise DataError(plans)
+    infos: dict[str, SplitInfo] = {}
+    refs, sizes, owners = [], [], []
+    for split in SPLITS:
+        plan = plans[split]
+        for a, b in _ranges(np.ones(plan.shards), stage.parts):
+            refs.append(_shards_task.remote(stage.spill_dir, parts, out_dir, split, a, b, plan))
+            sizes.append(b - a)
+            owners.append(split)
+    written = stage.gather(refs, sizes, "shards", "shard")
+    for split in SPLITS:
+        infos[split] = SplitInfo(samples_per_shard=cfg.split.samples_per_shard)
+    for split, shard_infos in zip(owners, written, strict=True):
+        infos[split].shards.extend(shard_infos)
+    return infos, {split: plans[split].dropped for split in SPLITS}

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import mwparserfromhell
 import mwxml
@@ -91,20 +92,26 @@ def iter_wiki_pages(path: str) -> Iterator[RawDocument]:
     if Path(path).stat().st_size == 0:
         raise DataError("empty file")
     opener = bz2.open if path.endswith(".bz2") else open
+    with opener(path, "rb") as f:
+        yield from parse_wiki_pages(f, path)
+
+
+def parse_wiki_pages(f: BinaryIO, source: str) -> Iterator[RawDocument]:
+    """:func:`iter_wiki_pages` of an open XML stream (e.g. a decompressed range of a multistream
+    dump with the dump's header put in front); ``source`` names the documents."""
     count = 0
     try:
-        with opener(path, "rb") as f:
-            dump = mwxml.Dump.from_file(f)
-            for page in dump:
-                text = None
-                for revision in page:  # pages-articles holds the latest revision only; keep the last
-                    text = revision.text
-                count += 1
-                if page.namespace != 0 or page.redirect is not None or not text:
-                    continue
-                if text.lstrip()[:9].upper() == "#REDIRECT":
-                    continue
-                yield RawDocument(path, page.title or "", text, "wiki")
+        dump = mwxml.Dump.from_file(f)
+        for page in dump:
+            text = None
+            for revision in page:  # pages-articles holds the latest revision only; keep the last
+                text = revision.text
+            count += 1
+            if page.namespace != 0 or page.redirect is not None or not text:
+                continue
+            if text.lstrip()[:9].upper() == "#REDIRECT":
+                continue
+            yield RawDocument(source, page.title or "", text, "wiki")
     except Exception as err:  # mwxml/expat fail in many ways on bad input; any of them ends this file only
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = f"after {count} pages" if count else "at the start"

@@ -3,10 +3,12 @@
 A run spills into one directory inside the output's temporary directory (gone when the output
 is published):
 
-    clean-{i:06d}.bin         cleaned documents of read batch i (sentences per document, text)
+    clean-{u:06d}-{i:06d}.bin  cleaned documents of batch i of read unit u (a file or byte range)
     encoded-{p:06d}.*.bin     token ids, sentence lengths, sentences per document of encode part p
     tokens.bin, sentence_offsets.bin, document_offsets.bin    the joined corpus (memory-mapped)
     records-{p:06d}.bin       tar records of the samples of document range p
+    samples-{p:06d}.npy       where each sample's records lie, its tokens, document and label
+    samples.npy, plan-{split}.npy    all samples' metadata, and each shard's samples (the plan)
 
 Each file's name is fixed by its place in the work and it is published by rename, so a task that
 Ray retries after its worker died rewrites the same bytes and never leaves half a file in view.
@@ -53,23 +55,41 @@ def spill_file(path: Path) -> Iterator[BinaryIO]:
 # --- cleaned text ------------------------------------------------------------------------------
 
 
-def write_documents(path: Path, documents: list[list[str]]) -> int:
-    """Documents (lists of sentences) → one file; returns the number of sentences."""
+def write_documents(path: Path, documents: list[list[str]], raw_index: np.ndarray | None = None) -> int:
+    """Documents (lists of sentences) → one file; returns the number of sentences.
+
+    ``raw_index`` (default 0, 1, ...): each document's place among the raw documents its batch read
+    (documents left without text are not written), so a cap on raw documents can cut the file.
+    """
     sentences = [s for doc in documents for s in doc]
+    raw_index = np.arange(len(documents), dtype=np.int64) if raw_index is None else raw_index
     with spill_file(path) as f:
         np.save(f, np.array([len(d) for d in documents], np.int64))
         np.save(f, np.array([len(s) for s in sentences], np.int64))
+        np.save(f, np.asarray(raw_index, np.int64))
         f.write("".join(sentences).encode("utf-8", "surrogatepass"))
     return len(sentences)
 
 
 def read_documents(path: Path) -> list[list[str]]:
+    return _read_documents(path)[0]
+
+
+def _read_documents(path: Path) -> tuple[list[list[str]], np.ndarray]:
     with open(path, "rb") as f:
-        per_doc, lengths = np.load(f), np.load(f)
+        per_doc, lengths, raw_index = np.load(f), np.load(f), np.load(f)
         text = f.read().decode("utf-8", "surrogatepass")
     ends = np.cumsum(lengths).tolist()
     sentences = [text[a:b] for a, b in itertools.pairwise([0, *ends])]
-    return [sentences[a:b] for a, b in itertools.pairwise(np.cumsum([0, *per_doc.tolist()]).tolist())]
+    bounds = np.cumsum([0, *per_doc.tolist()]).tolist()
+    return [sentences[a:b] for a, b in itertools.pairwise(bounds)], raw_index
+
+
+def trim_documents(path: Path, raw_limit: int) -> tuple[int, int]:
+    """Keep the documents of the first ``raw_limit`` raw documents → (documents, sentences) left."""
+    documents, raw_index = _read_documents(path)
+    kept = int(np.searchsorted(raw_index, raw_limit))
+    return kept, write_documents(path, documents[:kept], raw_index[:kept])
 
 
 class SpilledSentences(Sequence[str]):
@@ -177,4 +197,49 @@ def spill_records(batches: Iterable[SampleBatch], path: Path) -> SampleBatch:
         doc_ids=np.concatenate([np.zeros(0, np.int64), *doc_ids]),
         num_tokens=np.concatenate([np.zeros(0, np.int64), *num_tokens]),
         labels=np.concatenate([np.zeros(0, np.uint8), *labels]),
+    )
+
+
+# --- per-sample metadata: what the plan and the shard writers need, never the records ----------
+
+SAMPLE_DTYPE = np.dtype(
+    [
+        ("start", "<i8"),
+        ("end", "<i8"),
+        ("num_tokens", "<i8"),
+        ("doc_id", "<i8"),
+        ("label", "u1"),
+        ("part", "<i4"),
+    ]
+)
+
+
+def save_samples(path: Path, batch: SampleBatch, part: int) -> None:
+    """The metadata of a spilled batch (one records file, see :func:`spill_records`) → ``path``."""
+    table = np.zeros(len(batch), SAMPLE_DTYPE)
+    table["start"], table["end"] = batch.spans[:, 0], batch.spans[:, 1]
+    table["num_tokens"], table["doc_id"], table["label"] = batch.num_tokens, batch.doc_ids, batch.labels
+    table["part"] = part
+    with spill_file(path) as f:
+        np.save(f, table)
+
+
+def join_samples(paths: list[Path], target: Path) -> np.ndarray:
+    """The parts' metadata back to back → ``target`` (memory-mapped by the shard writers); returned."""
+    table = np.concatenate([np.zeros(0, SAMPLE_DTYPE), *(np.load(p) for p in paths)])
+    with spill_file(target) as f:
+        np.save(f, table)
+    return table
+
+
+def sample_batch(table: np.ndarray, records: list[Path]) -> SampleBatch:
+    """Rows of the metadata table → a SampleBatch whose bytes are read from the parts' records files."""
+    parts, blob_index = np.unique(table["part"], return_inverse=True)
+    return SampleBatch(
+        blobs=[RecordFile(records[p]) for p in parts.tolist()],
+        blob_index=blob_index.astype(np.int64).reshape(-1),
+        spans=np.stack([table["start"], table["end"]], axis=1).astype(np.int64),
+        doc_ids=table["doc_id"].astype(np.int64),
+        num_tokens=table["num_tokens"].astype(np.int64),
+        labels=table["label"].astype(np.uint8),
     )

@@ -59,9 +59,8 @@ def train_tokenizer(sentences: Sequence[str], cfg: TokenizerConfig, seed: int) -
     """Serialized model trained on ``sentences`` (the caller samples them; order is kept)."""
     if not sentences:
         raise DataError("no sentences to train the tokenizer on")
-    rng = np.random.default_rng([seed, 0x70C])
-    if len(sentences) > cfg.input_sentence_size:
-        keep = np.sort(rng.choice(len(sentences), size=cfg.input_sentence_size, replace=False))
+    keep = sample_indices(len(sentences), cfg.input_sentence_size, seed)
+    if keep is not None:
         sentences = [sentences[i] for i in keep]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -85,6 +84,14 @@ def train_tokenizer(sentences: Sequence[str], cfg: TokenizerConfig, seed: int) -
         minloglevel=2,
     )
     return model.getvalue()
+
+
+def sample_indices(total: int, size: int, seed: int) -> np.ndarray | None:
+    """The sentences the tokenizer trains on: None (all of them) up to ``size``, else a seeded
+    sample of ``size`` indices, ascending (corpus order is kept)."""
+    if total <= size:
+        return None
+    return np.sort(np.random.default_rng([seed, 0x70C]).choice(total, size=size, replace=False))
 
 
 def load_tokenizer_model(path: str | Path) -> bytes:

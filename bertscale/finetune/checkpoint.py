@@ -27,7 +27,7 @@ from torch import nn
 from bertscale.atomic import atomic_directory
 from bertscale.config import save_config
 from bertscale.errors import CheckpointError, ConfigError
-from bertscale.finetune.config import ModelConfig
+from bertscale.finetune.config import FinetuneModelConfig
 from bertscale.finetune.data import load_tokenizer
 from bertscale.finetune.heads import HEADS
 from bertscale.model import BertConfig
@@ -50,7 +50,7 @@ class BaseModel:
     source: str  # for messages and run params
 
 
-def load_base(cfg: ModelConfig) -> BaseModel:
+def load_base(cfg: FinetuneModelConfig) -> BaseModel:
     """Resolve ``cfg`` to a BertConfig, tokenizer and (for init=pretrained) the weights."""
     if cfg.checkpoint is None:
         if cfg.tokenizer is None:

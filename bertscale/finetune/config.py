@@ -15,7 +15,7 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 
 @dataclass
-class ModelConfig:
+class FinetuneModelConfig:
     # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.model_dir.load_pretrained).
     checkpoint: str | None = None
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
@@ -76,7 +76,7 @@ class TrainConfig:
 @dataclass
 class FinetuneConfig:
     task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(name="pang_lee"))
     max_seq_length: int = 128
     train: TrainConfig = field(default_factory=TrainConfig)

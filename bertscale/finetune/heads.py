@@ -43,7 +43,7 @@ class BertForSequenceClassification(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> ClassifierOutput:
-        _, pooled_output = self.bert(input_ids, attention_mask, token_type_ids)
+        pooled_output = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, H)
         logits = self.classifier(self.dropout(pooled_output))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -74,7 +74,7 @@ class BertForTokenClassification(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> ClassifierOutput:
-        sequence_output, _ = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        sequence_output = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
         logits = self.classifier(self.dropout(sequence_output))  # (B, T, num_labels)
         loss = None
         if labels is not None:

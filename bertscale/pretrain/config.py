@@ -19,7 +19,7 @@ from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig
 
 
 @dataclass
-class ModelConfig(BertConfig):
+class PretrainModelConfig(BertConfig):
     """BertConfig fields; ``vocab_size`` left unset is taken from the shard manifest."""
 
     vocab_size: int | None = None  # type: ignore[assignment]
@@ -87,7 +87,7 @@ class DebugConfig:
 
 @dataclass
 class PretrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

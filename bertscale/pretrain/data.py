@@ -162,7 +162,7 @@ class PretrainBatches:
         mlm_probability: float = 0.15,
         seed: int = 0,
         loop: bool = True,
-        max_seq_length: int | None = None,
+        max_position_embeddings: int | None = None,
         state: StreamState | None = None,
         on_corrupt_shard: Literal["fail", "skip"] = "fail",
     ):
@@ -171,10 +171,10 @@ class PretrainBatches:
         self.shards = manifest.shard_paths(self.root, split)
         if not self.shards:
             raise DataError(f"{self.root}: split '{split}' has no shards")
-        if max_seq_length is not None and manifest.max_seq_length > max_seq_length:
+        if max_position_embeddings is not None and manifest.max_seq_length > max_position_embeddings:
             raise DataError(
                 f"{self.root}: shards hold sequences up to {manifest.max_seq_length} tokens, "
-                f"more than the model's max_position_embeddings {max_seq_length}"
+                f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
         self.special = manifest.special()
         self.micro_batch_size = micro_batch_size

@@ -38,25 +38,27 @@ def pretraining_losses(output: BertForPreTrainingOutput) -> dict[str, torch.Tens
 def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """MLM and NSP accuracy (and losses) over the fixed validation batches of all ranks."""
     engine.eval()
-    sums = [0.0] * 6  # mlm correct, masked tokens, nsp correct, sequences, mlm loss sum, nsp loss sum
+    local = dict.fromkeys(("mlm_correct", "masked", "nsp_correct", "sequences", "mlm_loss", "nsp_loss"), 0.0)
     for batch in batches:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         out = engine(**batch)
-        masked = out.masked_lm_labels.numel()
-        sums[0] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
-        sums[1] += masked
-        sums[2] += float((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-        sums[3] += batch["next_sentence_label"].numel()
-        sums[4] += float(out.mlm_loss) * masked
-        sums[5] += float(out.nsp_loss) * batch["next_sentence_label"].numel()
-    mlm_ok, masked, nsp_ok, seqs, mlm_loss, nsp_loss = all_reduce_sum(sums, engine.device)
-    if not seqs:
+        masked, sequences = out.masked_lm_labels.numel(), batch["next_sentence_label"].numel()
+        local["mlm_correct"] += float((out.prediction_logits.argmax(-1) == out.masked_lm_labels).sum())
+        local["masked"] += masked
+        local["nsp_correct"] += float(
+            (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+        )
+        local["sequences"] += sequences
+        local["mlm_loss"] += float(out.mlm_loss) * masked  # the losses are means: summed back per item
+        local["nsp_loss"] += float(out.nsp_loss) * sequences
+    total = dict(zip(local, all_reduce_sum(list(local.values()), engine.device), strict=True))
+    if not total["sequences"]:
         return {}
     return {
-        "eval_mlm_accuracy": mlm_ok / masked,
-        "eval_nsp_accuracy": nsp_ok / seqs,
-        "eval_mlm_loss": mlm_loss / masked,
-        "eval_nsp_loss": nsp_loss / seqs,
+        "eval_mlm_accuracy": total["mlm_correct"] / total["masked"],
+        "eval_nsp_accuracy": total["nsp_correct"] / total["sequences"],
+        "eval_mlm_loss": total["mlm_loss"] / total["masked"],
+        "eval_nsp_loss": total["nsp_loss"] / total["sequences"],
     }
 
 
@@ -118,7 +120,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         masking=cfg.data.masking,
         mlm_probability=cfg.data.mlm_probability,
         seed=cfg.seed,
-        max_seq_length=bert_config.max_position_embeddings,
+        max_position_embeddings=bert_config.max_position_embeddings,
         state=data_state,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
     )

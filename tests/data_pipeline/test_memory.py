@@ -1,4 +1,5 @@
-"""The driver's memory does not grow with the dataset: intermediate results are spilled to disk.
+"""The driver's memory does not grow with the dataset: tasks read the inputs, train the tokenizer
+(no cap on its sample here: the whole corpus) and write the shards; the driver keeps counts.
 
 The same pipeline runs on 4 and on 32 copies of the test corpus, each in a fresh process, and
 the driver's peak RSS (``ru_maxrss``: everything it touched, the Ray object store's shared pages
@@ -47,7 +48,6 @@ def _driver_peaks(root: Path, copies: int, tiny_config) -> tuple[dict[str, int],
         root / "data",
         inputs__wiki=[str(inputs / "*" / "*.xml")],
         inputs__books=[str(inputs / "*" / "*.txt")],
-        tokenizer__input_sentence_size=1000,  # what the trainer holds is capped, not the corpus
         pairs__max_seq_length=128,
         pairs__dupe_factor=10,
         pairs__max_predictions_per_seq=20,

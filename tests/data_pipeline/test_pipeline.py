@@ -83,3 +83,18 @@ def test_one_worker_gives_byte_identical_shards(tiny_shards: Path, tiny_config, 
         ones = [(s.name, s.sha256) for s in one_manifest.splits[split].shards]
         assert ones == [(s.name, s.sha256) for s in two_manifest.splits[split].shards]
         assert ones
+
+
+def test_tokenizer_sample_gathered_by_tasks_is_the_seeded_sample(tiny_config, tmp_path: Path) -> None:
+    """With more sentences than tokenizer.input_sentence_size, tasks gather the sample from their
+    clean files: the model equals one trained in memory on every sentence with the same cap and seed."""
+    from bertscale.data_pipeline import sources
+    from bertscale.data_pipeline.tokenizer import model_sha256, train_tokenizer
+
+    cfg = tiny_config(tmp_path / "sampled", tokenizer__input_sentence_size=150)
+    manifest = load_manifest(run_pipeline(cfg))
+    assert manifest.inputs["sentences"] > 300  # so 150 is a real sample
+    raws = [*sources.iter_wiki_pages(cfg.inputs.wiki[0])]
+    raws += [sources.read_book(p) for p in sources.expand_inputs(cfg.inputs.books)[0]]
+    sentences = [s for raw in raws for s in sources.clean_document(raw, cfg.inputs.min_sentence_chars).sentences]
+    assert manifest.tokenizer_sha256 == model_sha256(train_tokenizer(sentences, cfg.tokenizer, cfg.seed))

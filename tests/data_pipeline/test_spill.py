@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bertscale.data_pipeline import run, spill
+from bertscale.data_pipeline import spill, stages
 from bertscale.data_pipeline.config import PairsConfig, TokenizerConfig
 from bertscale.data_pipeline.instances import Corpus
-from bertscale.data_pipeline.run import _encode_files, build_samples, encode_documents, sample_blocks
 from bertscale.data_pipeline.shards import plan_shards, write_shard
+from bertscale.data_pipeline.stages import build_samples, encode_documents, encode_files, sample_blocks
 from bertscale.data_pipeline.tokenizer import processor, special_tokens, train_tokenizer, word_start_table
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -91,8 +92,8 @@ def test_encoded_parts_join_to_the_in_memory_corpus(tmp_path: Path, model: bytes
     files = [tmp_path / f"clean-{i:06d}.bin" for i in range(len(groups))]
     for f, group in zip(files, groups, strict=True):
         spill.write_documents(f, group)
-    doc_tokens = [_encode_files(model, files[:2], tmp_path, 0), _encode_files(model, files[2:], tmp_path, 1)]
-    num_sentences = spill.join_corpus(tmp_path, 2)
+    counts = [encode_files(model, files[:2], tmp_path, 0), encode_files(model, files[2:], tmp_path, 1)]
+    num_sentences, ranges = stages.join_corpus(tmp_path, 2, 3)
 
     expected = Corpus.from_encoded(*encode_documents(model, documents))
     assert num_sentences == len(expected.sentence_offsets) - 1
@@ -101,9 +102,22 @@ def test_encoded_parts_join_to_the_in_memory_corpus(tmp_path: Path, model: bytes
     assert isinstance(joined.tokens, np.memmap)
     for name in ("tokens", "sentence_offsets", "document_offsets"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(expected, name), err_msg=name)
-    np.testing.assert_array_equal(
-        np.concatenate(doc_tokens), np.diff(expected.sentence_offsets[expected.document_offsets])
-    )
+    doc_tokens = np.diff(expected.sentence_offsets[expected.document_offsets])
+    assert [sum(c) for c in zip(*counts, strict=True)] == [len(doc_tokens), doc_tokens.sum()]
+    # document ranges for the pairs stage: contiguous, covering, of about equal tokens
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(doc_tokens) and len(ranges) == 3
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+    per_range = [doc_tokens[a:b].sum() for a, b in ranges]
+    assert max(per_range) - min(per_range) <= 2 * doc_tokens.max()
+
+
+def test_trimming_keeps_the_documents_of_the_first_raw_documents(tmp_path: Path) -> None:
+    """A cap on raw documents (inputs.max_documents) cuts a clean file by raw index: documents
+    that lost their text still count as read."""
+    path = tmp_path / "clean-000000-000000.bin"
+    spill.write_documents(path, DOCUMENTS, np.array([0, 2, 3]))  # raw document 1 had no text
+    assert spill.trim_documents(path, 3) == (2, 4)
+    assert spill.read_documents(path) == DOCUMENTS[:2]
 
 
 def test_spilled_records_equal_in_memory_records(
@@ -117,7 +131,7 @@ def test_spilled_records_equal_in_memory_records(
     cfg = PairsConfig(max_seq_length=32, dupe_factor=2, max_predictions_per_seq=5)
     word_start = word_start_table(processor(model))
     args = (corpus, 1, n - 1, np.arange(n), cfg, special_tokens(processor(model)), 7, word_start)
-    monkeypatch.setattr(run, "BUILD_BLOCK_TOKENS", 500)  # several blocks, so the file holds more than one
+    monkeypatch.setattr(stages, "BUILD_BLOCK_TOKENS", 500)  # several blocks, so the file holds more than one
     assert len(list(sample_blocks(*args))) > 3
     in_memory = build_samples(*args)
     spilled = spill.spill_records(sample_blocks(*args), tmp_path / "records-000000.bin")

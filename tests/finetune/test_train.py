@@ -15,7 +15,7 @@ from bertscale.config import load_config
 from bertscale.errors import CheckpointError, ConfigError, run_cli
 from bertscale.finetune.__main__ import main as cli_main
 from bertscale.finetune.checkpoint import init_encoder, load_base, load_finetuned
-from bertscale.finetune.config import FinetuneConfig, ModelConfig
+from bertscale.finetune.config import FinetuneConfig, FinetuneModelConfig
 from bertscale.finetune.data import eval_batches, load_task_data, load_tokenizer
 from bertscale.finetune.evaluate import evaluate
 from bertscale.finetune.heads import BertForTokenClassification
@@ -142,7 +142,7 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
         any(deepspeed_dir.rglob("*optim_states.pt"))
         and not (deepspeed_dir.parent / "model.safetensors").exists()
     )
-    base = load_base(ModelConfig(checkpoint=str(deepspeed_dir)))
+    base = load_base(FinetuneModelConfig(checkpoint=str(deepspeed_dir)))
     assert base.tokenizer.files == (deepspeed_dir.parent / "tokenizer.model",)
     model = BertForTokenClassification(base.config, num_labels=3)
     init_encoder(model, base.weights, base.source)
@@ -224,4 +224,4 @@ def test_config_rules():
     assert cfg.task == "token_classification" and cfg.dataset.name == "optimus_ner"
     assert cfg.optimizer.lr == pytest.approx(5e-4) and cfg.mlflow.experiment == "bertscale-finetune"
     with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor a DeepSpeed checkpoint"):
-        load_base(ModelConfig(checkpoint=str(ROOT / "bertscale" / "finetune" / "configs")))
+        load_base(FinetuneModelConfig(checkpoint=str(ROOT / "bertscale" / "finetune" / "configs")))

@@ -113,7 +113,7 @@ def test_corrupt_shard_names_the_file(tmp_path, write_shards):
 
 def test_sequences_longer_than_the_model_are_refused(synthetic_shards):
     with pytest.raises(DataError, match="max_position_embeddings 16"):
-        PretrainBatches(synthetic_shards, "train", micro_batch_size=2, max_seq_length=16)
+        PretrainBatches(synthetic_shards, "train", micro_batch_size=2, max_position_embeddings=16)
 
 
 def test_static_masking_uses_one_draw_per_epoch(make_sample):
