@@ -4,30 +4,40 @@
     python -m bertscale.finetune.export --from-hf HFDIR OUT   transformers BERT directory -> our step dir
 
 A transformers directory holds ``config.json`` and ``model.safetensors``; it loads with
-``transformers.BertForPreTraining.from_pretrained(OUT)`` or ``BertModel.from_pretrained(OUT)``.
+``transformers.BertForPreTraining.from_pretrained(OUT)`` (``AutoModelForMaskedLM``, the
+``fill-mask`` pipeline) or ``BertModel.from_pretrained(OUT)``; a headless encoder (e.g. an imported
+sentence encoder) exports as ``BertModel``. ``--to-hf`` also writes the tokenizer so that
+``AutoTokenizer.from_pretrained(OUT)`` gives exactly our ids (a SentencePiece model is converted, a
+WordPiece ``tokenizer.json`` kept), and a model card ``README.md`` (data manifest digest, steps,
+tokens seen, eval metrics).
 CKPT is anything ``bertscale.model_dir.load_pretrained`` reads (run dir, step dir, ZeRO dir). Our
 model directory (bertscale.model_dir) holds ``model.safetensors`` + ``bert_config.json`` and is
 itself such a CKPT, so it can seed pretraining (``checkpoint.init_from``) or fine-tuning
-(``model.checkpoint``). A tokenizer of ours found with the source is copied along (transformers' own
-BERT tokenizers, WordPiece ``vocab.txt``, are not ours and are not converted).
+(``model.checkpoint``); ``--from-hf`` keeps a ``tokenizer.json`` found in HFDIR.
 
 Public API:
     export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path     tokenizer: a model_dir.Tokenizer
     read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   (bertscale.model_dir's) BertForPreTraining keys
     check_state_dict(config, state_dict, source, cls) -> state_dict with tied keys, or CheckpointError
     load_hf_model(hf_dir, cls=BertForPreTraining) -> our BertForPreTraining or BertModel, eval mode
+    has_heads(state_dict) -> bool                           MLM/NSP heads present (tied copies aside)
     save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our model-dir layout
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from bertscale.errors import CheckpointError, run_cli
+from bertscale.atomic import atomic_directory
+from bertscale.data_pipeline.tokenizer import load_tokenizer_model, write_hf_tokenizer
+from bertscale.errors import CheckpointError, DataError, run_cli
+from bertscale.finetune.model_card import model_card
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
 from bertscale.model_dir import (
     HF_CONFIG,
@@ -36,6 +46,7 @@ from bertscale.model_dir import (
     load_pretrained,
     read_hf_checkpoint,
     save_model_dir,
+    write_model_dir,
 )
 
 StateDict = dict[str, torch.Tensor]
@@ -50,10 +61,32 @@ def export_to_hf(
     out_dir: str | Path,
     tokenizer: Tokenizer | None = None,
     source: str = "checkpoint",
+    card: str | None = None,
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` of a BertForPreTraining, atomically."""
-    state = check_state_dict(config, state_dict, source)
-    return save_model_dir(out_dir, config, state, tokenizer, config_name=HF_CONFIG)
+    """Write a transformers directory, atomically: ``config.json`` + ``model.safetensors`` of a
+    BertForPreTraining (or, for a headless encoder, of a BertModel), the tokenizer as
+    ``transformers.AutoTokenizer`` loads it (same ids as ours), and ``card`` as ``README.md``."""
+    state = dict(state_dict)
+    heads = has_heads(state)
+    cls = BertForPreTraining if heads else BertModel
+    kwargs = _model_kwargs(cls, state)
+    state = check_state_dict(config, _keys_for(cls, state), source, cls, **kwargs)
+    with atomic_directory(Path(out_dir)) as tmp:
+        write_model_dir(tmp, config, state, None, config_name=HF_CONFIG)
+        if not heads:  # transformers reads the class from here (AutoModel, pipelines)
+            hf = {**config.to_hf_dict(), "architectures": ["BertModel"]}
+            (tmp / HF_CONFIG).write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            try:
+                data = load_tokenizer_model(tokenizer.path)
+            except DataError as err:
+                raise CheckpointError(str(err)) from None
+            write_hf_tokenizer(data, tmp, config.max_position_embeddings)
+            if tokenizer.kind == "sentencepiece":  # ours as well: --from-hf brings it back unchanged
+                shutil.copyfile(tokenizer.path, tmp / tokenizer.path.name)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    return Path(out_dir)
 
 
 def save_pretrained_dir(
@@ -68,7 +101,7 @@ def save_pretrained_dir(
     ``state_dict`` has BertForPreTraining keys; without ``cls.*`` heads it is checked as an encoder.
     """
     state = dict(state_dict)
-    cls = BertForPreTraining if any(key.startswith("cls.") for key in state) else BertModel
+    cls = BertForPreTraining if has_heads(state) else BertModel
     check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
     return save_model_dir(out_dir, config, state, tokenizer)
 
@@ -142,17 +175,24 @@ def main(argv: Sequence[str]) -> None:
         source = args.to_hf
         pretrained = load_pretrained(source)
         config, state = pretrained.config, pretrained.state_dict
-        out = export_to_hf(config, state, args.out, pretrained.tokenizer, str(source))
-        kind = "transformers BertForPreTraining"
+        card = model_card(pretrained, source)
+        out = export_to_hf(config, state, args.out, pretrained.tokenizer, str(source), card)
+        heads = has_heads(state)
+        kind = f"transformers {'BertForPreTraining' if heads else 'BertModel (no pretraining heads)'}"
     else:
         source = args.from_hf
         config, state = read_hf_checkpoint(source)
         # only the directory itself: a parent's tokenizer would be unrelated
         out = save_pretrained_dir(config, state, args.out, find_tokenizer(source), str(source))
-        heads = "with" if any(key.startswith("cls.") for key in state) else "WITHOUT"
+        heads = "with" if has_heads(state) else "WITHOUT"
         kind = f"bertscale checkpoint {heads} pretraining heads"
     params = sum(value.numel() for key, value in state.items() if key not in TIED_WEIGHTS)
     print(f"{source} -> {out}: {kind}, {params:,} parameters")
+
+
+def has_heads(state: Mapping[str, torch.Tensor]) -> bool:
+    """Pretraining heads of its own (a restored tied decoder copy of the embeddings is not one)."""
+    return any(key.startswith("cls.") and key not in TIED_WEIGHTS for key in state)
 
 
 def _keys_for(cls: type[BertForPreTraining | BertModel], state: StateDict) -> StateDict:
