@@ -11,6 +11,11 @@ class InputsConfig:
     # Paths or globs; ``pkg://gensim/test/test_data/x.bz2`` resolves inside an installed package.
     wiki: list[str] = field(default_factory=list)  # pages-articles dumps, .xml or .xml.bz2
     books: list[str] = field(default_factory=list)  # UTF-8 .txt files, one book per file
+    # users' own corpora (each file may be .gz/.bz2/.zst compressed; bad records skipped and counted)
+    jsonl: list[str] = field(default_factory=list)  # JSON Lines, one document per line (text at text_field)
+    parquet: list[str] = field(default_factory=list)  # Parquet, one document per row (text in text_field)
+    text: list[str] = field(default_factory=list)  # plain-text files or directories, one document per file
+    text_field: str = "text"  # the JSONL field / Parquet column holding a document's text
     max_documents: int | None = None  # cap (in input order) to keep demo runs small
     min_sentence_chars: int = 8  # shorter fragments (stray markup, headings) are dropped
 

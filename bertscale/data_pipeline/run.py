@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
-from bertscale.data_pipeline import multistream, sources, spill, stages
+from bertscale.data_pipeline import corpora, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SplitInfo
 from bertscale.data_pipeline.shards import write_manifest
@@ -293,10 +293,15 @@ def check_shared(directory: Path, output: Path) -> None:
 
 
 def _read_units(stage: _Stage) -> list[ReadUnit]:
-    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books."""
-    wiki_files, missing_wiki = sources.expand_inputs(stage.cfg.inputs.wiki)
-    book_files, missing_books = sources.expand_inputs(stage.cfg.inputs.books)
-    for item in missing_wiki + missing_books:
+    """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books,
+    then users' JSONL, Parquet and plain-text files."""
+    inputs = stage.cfg.inputs
+    wiki_files, missing_wiki = sources.expand_inputs(inputs.wiki)
+    book_files, missing_books = sources.expand_inputs(inputs.books)
+    jsonl_files, missing_jsonl = sources.expand_inputs(inputs.jsonl)
+    parquet_files, missing_parquet = sources.expand_inputs(inputs.parquet)
+    text_files, missing_text = corpora.expand_text_inputs(inputs.text)
+    for item in missing_wiki + missing_books + missing_jsonl + missing_parquet + missing_text:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
     refs = {
@@ -315,7 +320,13 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
                 raise DataError(problem)
             print(f"warning: {problem}; {path} is read as one stream", file=sys.stderr, flush=True)
         units.extend(ranges)
-    return units + [ReadUnit("book", path) for path in book_files]
+    return [
+        *units,
+        *(ReadUnit("book", path) for path in book_files),
+        *(ReadUnit("jsonl", path, field=inputs.text_field) for path in jsonl_files),
+        *(ReadUnit("parquet", path, field=inputs.text_field) for path in parquet_files),
+        *(ReadUnit("text", path) for path in text_files),
+    ]
 
 
 def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
@@ -347,7 +358,7 @@ def read_stage(stage: _Stage) -> list[Chunk]:
             jobs.append(
                 ([(number, unit)], _read_task.remote([(number, unit)], limit, min_chars, stage.spill_dir))
             )
-    for group in _book_groups([(n, u) for n, u in units if u.kind == "book"]):
+    for group in _book_groups([(n, u) for n, u in units if u.kind != "wiki"]):  # whole files
         jobs.append((group, _read_task.remote(group, limit, min_chars, stage.spill_dir)))
     jobs.sort(key=lambda job: job[0][0][0])
     results = stage.gather([ref for _, ref in jobs], [len(group) for group, _ in jobs], "read", "file")
@@ -361,7 +372,7 @@ def read_stage(stage: _Stage) -> list[Chunk]:
     if limit is not None:
         chunks = _cap(chunks, limit)
     if sum(c.documents for c in chunks) == 0:
-        raise DataError("no documents with text in any input (inputs.wiki / inputs.books)")
+        raise DataError("no documents with text in any input (inputs.wiki/books/jsonl/parquet/text)")
     return chunks
 
 
