@@ -36,7 +36,7 @@ import numpy as np
 from bertscale.config import load_config
 from bertscale.data_pipeline.__main__ import DEMO_CONFIG
 from bertscale.data_pipeline.config import PipelineConfig
-from bertscale.data_pipeline.instances import Corpus
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe
 from bertscale.data_pipeline.run import build_samples, encode_documents, run_pipeline
 from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
 from bertscale.data_pipeline.shards import plan_shards, write_split
@@ -86,15 +86,15 @@ def single_core_cpu(
         cpu[stage] = min(cpu.get(stage, float("inf")), time.process_time() - start)
         return result
 
-    special, word_start = special_tokens(sp), word_start_table(sp)
+    special = special_tokens(sp)
     for r in range(repeats):
         raw_tokens = sum(
             map(len, timed("raw spm", partial(sp.encode, out_type=int, num_threads=1), sentences))
         )
         corpus = timed("encode", encode_corpus, model, documents)
         n = corpus.num_documents
-        args = (corpus, 0, n, np.arange(n), cfg.pairs, special, cfg.seed, word_start)
-        batch = timed("pairs", build_samples, *args)
+        recipe = SampleRecipe(cfg.pairs, np.arange(n), special, cfg.seed, word_start_table(sp))
+        batch = timed("pairs", build_samples, corpus, 0, n, recipe)
         plans, _ = plan_shards(np.arange(len(batch)), cfg.split.samples_per_shard, "drop", "train")
         timed("write", write_split, out / str(r), "train", batch, plans, cfg.split.samples_per_shard)
         assert len(corpus.tokens) == raw_tokens

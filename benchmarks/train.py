@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import transformers
 
-# a trained SentencePiece's layout: the benchmark draws synthetic ids, only their shape matters
 from bertscale.data_pipeline.tokenizer import trained_special
-from bertscale.model import IGNORE_INDEX, BertConfig, BertForPreTraining, training_flops_per_token
+from bertscale.masking import IGNORE_INDEX, mask_sequence
+from bertscale.model import BertConfig, BertForPreTraining, training_flops_per_token
 
 CONFIGS = {  # name -> (BertConfig overrides, goal for our speed-up over HuggingFace)
     "L4-H256": (
@@ -74,31 +74,23 @@ def make_batch(
     max_seq_length: int,
     vocab_size: int,
     rng: np.random.Generator,
-    mlm_probability: float = 0.15,
+    masked_lm_prob: float = 0.15,
 ) -> dict[str, torch.Tensor]:
     """A right-padded HF-style batch (as bertscale.pretrain.data.collate makes), padded to max_seq_length."""
-    special = trained_special(vocab_size)
-    CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = special.cls_id, special.sep_id, special.mask_id, 5
     lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
+    special = trained_special(vocab_size)  # a trained SentencePiece's ids: only their shape matters here
+    vocab, first_word = special.masking_vocab(), len(special.ids)
     input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
     labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)
     token_type_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)
     attention_mask = np.zeros((batch_size, max_seq_length), dtype=np.int64)
     for i, length in enumerate(lengths):
-        ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, length)
+        ids = rng.integers(first_word, vocab_size, length)
         len_a = int(rng.integers(1, length - 2)) if length > 3 else 1
-        ids[0], ids[len_a], ids[length - 1] = CLS_ID, SEP_ID, SEP_ID
+        ids[0], ids[len_a], ids[length - 1] = special.cls_id, special.sep_id, special.sep_id
         token_type_ids[i, len_a + 1 : length] = 1
         attention_mask[i, :length] = 1
-        # BERT masking: 15% of non-special tokens; 80% -> [MASK], 10% -> random, 10% unchanged
-        candidates = np.flatnonzero(ids >= NUM_SPECIAL_TOKENS)
-        chosen = rng.choice(candidates, max(1, round(mlm_probability * len(candidates))), replace=False)
-        labels[i, chosen] = ids[chosen]
-        action = rng.random(len(chosen))
-        ids[chosen[action < 0.8]] = MASK_ID
-        randomized = chosen[(action >= 0.8) & (action < 0.9)]
-        ids[randomized] = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, len(randomized))
-        input_ids[i, :length] = ids
+        input_ids[i, :length], labels[i, :length] = mask_sequence(ids, rng, vocab, masked_lm_prob)  # dynamic
     batch = dict(
         input_ids=input_ids,
         token_type_ids=token_type_ids,

@@ -26,8 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bertscale.errors import ConfigError
-
-IGNORE_INDEX = -100  # HuggingFace / PyTorch convention: label of positions that are not masked
+from bertscale.masking import IGNORE_INDEX  # label of positions the MLM loss skips
 
 ACT2FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact erf GELU, as BERT and HuggingFace's "gelu"

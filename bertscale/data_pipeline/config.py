@@ -66,12 +66,34 @@ class SplitConfig:
 
 
 @dataclass
+class DedupConfig:
+    """Document-level deduplication (off by default: on the demo corpus it costs more than it
+    saves, see README) and the contamination report."""
+
+    exact: bool = False  # drop a document whose text equals an earlier one's
+    near: bool = False  # drop a document that MinHash LSH finds similar to an earlier one
+    threshold: float = 0.8  # Jaccard similarity of word shingles that counts as near-duplicate
+    num_perm: int = 128  # MinHash permutations
+    shingle_words: int = 5
+    # fine-tuning test files (text, one example per line): report their n-grams found in the corpus
+    contamination: list[str] = field(default_factory=list)
+    contamination_ngram: int = 13
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.num_perm < 2 or self.shingle_words < 1 or self.contamination_ngram < 1:
+            raise ValueError("num_perm must be >= 2, shingle_words and contamination_ngram >= 1")
+
+
+@dataclass
 class PipelineConfig:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     output_dir: str = "data/demo"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     num_workers: int = 2  # Ray tasks in flight per stage; results never depend on it
     seed: int = 12345
     on_bad_input: Literal["skip", "fail"] = "skip"

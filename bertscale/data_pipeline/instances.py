@@ -1,15 +1,17 @@
-"""Pure functions: NSP pairs, truncation and MLM masking, after Google's create_pretraining_data.py.
+"""Pure functions: NSP pairs and truncation after Google's create_pretraining_data.py; the masks
+they carry come from :mod:`bertscale.masking`.
 
 Every function takes an explicit ``numpy.random.Generator``. The pipeline seeds one per document
 from ``(seed, doc_id)``, so a document's samples never depend on which worker built them.
+Per-pair and per-sequence views of these functions (what the tests state properties on) are in
+:mod:`bertscale.data_pipeline.reference`.
 
 Two deliberate departures from the reference, both to keep the statistics the paper states:
 - The coin for "B is random" is tossed for every pair (p = 0.5). When the chunk holds a single
   sentence and the coin says "real", that sentence is cut at a random token into A and B (the
   reference forces such pairs to be random, which pushes the random share above one half).
-- Masked token counts are taken over non-reserved tokens, and random replacements are drawn from
-  the non-reserved vocabulary (reserved: the tokenizer's special ids and unused slots, see
-  :class:`~bertscale.data_pipeline.schema.SpecialTokens`).
+- Masked token counts are taken over non-special tokens, and random replacements are drawn from
+  the non-special vocabulary.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertscale.data_pipeline.config import PairsConfig
-from bertscale.data_pipeline.schema import NEXT_IS_RANDOM, NEXT_IS_REAL, Sample, SpecialTokens
+from bertscale.data_pipeline.schema import ARRAY_FIELDS, NEXT_IS_RANDOM, NEXT_IS_REAL, Sample, SpecialTokens
+from bertscale.masking import mask_flat
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Corpus:
         )
 
 
-def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+def _flat(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
     return np.concatenate([np.zeros(0, dtype), *(np.ravel(a) for a in arrays)]).astype(dtype)
 
 
@@ -91,11 +94,11 @@ class SampleArrays:
         if len(draws) > 1:
             raise ValueError(f"samples mix dupe factors {sorted(draws)}")
         return cls(
-            input_ids=_flat([s.input_ids for s in samples], np.int32),
-            token_type_ids=_flat([s.token_type_ids for s in samples], np.uint8),
+            **{
+                name: _flat([getattr(s, name) for s in samples], dtype)
+                for name, dtype in ARRAY_FIELDS.items()
+            },
             lengths=np.array([s.num_tokens for s in samples], dtype=np.int64),
-            masked_positions=_flat([s.masked_positions for s in samples], np.int16),
-            masked_ids=_flat([s.masked_ids for s in samples], np.int32),
             num_predictions=np.array([s.masked_positions.shape[1] for s in samples], dtype=np.int64),
             next_sentence_label=np.array([s.next_sentence_label for s in samples], dtype=np.uint8),
             keys=[s.key for s in samples],
@@ -119,13 +122,6 @@ class SampleArrays:
             )
             for i, key in enumerate(self.keys)
         ]
-
-
-@dataclass
-class Pair:
-    tokens_a: np.ndarray
-    tokens_b: np.ndarray
-    is_random_next: bool
 
 
 def _cuts(len_a: np.ndarray, len_b: np.ndarray, max_num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,12 +155,6 @@ def truncate_spans(
     out[:, 2] += front_b
     out[:, 3] -= cut_b - front_b
     return out
-
-
-def truncate_pair(a: np.ndarray, b: np.ndarray, max_num_tokens: int, rng: np.random.Generator):
-    """:func:`truncate_spans` for one pair of arrays."""
-    ((a0, a1, b0, b1),) = truncate_spans(np.array([[0, len(a), 0, len(b)]]), max_num_tokens, [(rng, 1)])
-    return a[a0:a1], b[b0:b1]
 
 
 def pair_spans(
@@ -236,20 +226,6 @@ def _random_document(pool: np.ndarray, doc_id: int, u: float, rng: np.random.Gen
     return other if other != doc_id else None  # None: the pool holds only this document
 
 
-def create_pairs(
-    corpus: Corpus, doc_id: int, pool: np.ndarray, max_seq_length: int, short_seq_prob: float,
-    rng: np.random.Generator,
-) -> list[Pair]:  # fmt: skip
-    """:func:`pair_spans` as token arrays (slices of ``corpus.tokens``, no copies)."""
-    spans, is_random = pair_spans(corpus, doc_id, pool, max_seq_length, short_seq_prob, rng)
-    spans = truncate_spans(spans, max_seq_length - 3, [(rng, len(spans))])
-    t = corpus.tokens
-    return [
-        Pair(t[a0:a1], t[b0:b1], bool(r))
-        for (a0, a1, b0, b1), r in zip(spans.tolist(), is_random, strict=True)
-    ]
-
-
 def pair_inputs(
     spans: np.ndarray, tokens: np.ndarray, special: SpecialTokens
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,155 +245,29 @@ def pair_inputs(
     return input_ids, (p >= la + 2).astype(np.uint8), lengths
 
 
-def _word_groups(candidates: np.ndarray, input_ids: np.ndarray, word_start: np.ndarray) -> list[np.ndarray]:
-    """Split candidate positions into whole words: a word begins at a word-start piece (SentencePiece
-    "▁…", any WordPiece piece but a "##" continuation) or after a gap."""
-    starts = word_start[input_ids[candidates]]
-    starts[1:] |= np.diff(candidates) != 1
-    starts[0] = True
-    return np.split(candidates, np.flatnonzero(starts)[1:])
+@dataclass(frozen=True)
+class SampleRecipe:
+    """Everything a document's samples depend on besides the corpus; the same for the whole run."""
+
+    pairs: PairsConfig
+    pool: np.ndarray  # documents eligible as the source of a random B
+    special: SpecialTokens  # the tokenizer's ids ([CLS]/[SEP] frame; masking's reserved ids)
+    seed: int
+    word_start: np.ndarray | None = None  # bool per id: used when pairs.whole_word_masking
 
 
-def _choose_positions(num_to_predict: int, rng: np.random.Generator, words: list[np.ndarray]) -> np.ndarray:
-    """Whole words in random order while they fit; if the count is not met exactly, the first word
-    that did not fit is masked in part, so every draw has the same count (the shard's (D, M))."""
-    chosen: list[np.ndarray] = [np.zeros(0, np.int64)]
-    left = num_to_predict
-    spill: np.ndarray | None = None
-    for w in rng.permutation(len(words)):
-        word = words[w]
-        if len(word) <= left:
-            chosen.append(word)
-            left -= len(word)
-            if left == 0:
-                break
-        elif spill is None:
-            spill = word
-    if left:
-        assert spill is not None
-        chosen.append(spill[:left])
-    return np.concatenate(chosen)
-
-
-def _floyd_subsets(u: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Uniform random ``sizes[r]``-subsets of ``range(counts[r])`` for every row at once, as a
-    (R, max count) bool table (Floyd's algorithm: one numpy step per element, rows in parallel).
-
-    ``u``: (sum sizes,) uniforms, row after row; step j of row r uses the row's j-th.
-    """
-    width = int(counts.max(initial=0))
-    taken = np.zeros(len(counts) * width, bool)  # flat (R, width): cheaper to index than 2-D
-    row_start = np.cumsum(sizes) - sizes
-    for j in range(int(sizes.max(initial=0))):
-        rows = np.flatnonzero(j < sizes)
-        upper = (
-            counts[rows] - sizes[rows] + j
-        )  # draw from 0..upper; on a repeat take upper (new by construction)
-        pick = rows * width + (u[row_start[rows] + j] * (upper + 1)).astype(np.int64)
-        taken[np.where(taken[pick], rows * width + upper, pick)] = True
-    return taken.reshape(len(counts), width)
-
-
-def mask_flat(
-    flat: np.ndarray, lengths: np.ndarray, groups: list[tuple[np.random.Generator, int]], num_draws: int,
-    masked_lm_prob: float, max_predictions: int, special: SpecialTokens, word_start: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """MLM draws for sequences lying back to back in ``flat``, all at once.
-
-    ``groups``: consecutive runs of sequences and the generator each run draws from (one per
-    document in the pipeline, so the draws never depend on how documents are batched).
-    Returns (positions int64, ids int32, M per sequence); each sequence's (D, M) block row-major,
-    positions within the sequence, sorted per row.
-
-    15% of the non-reserved tokens are chosen; of those 80% become [MASK], 10% a random
-    non-reserved token and 10% stay. ``word_start`` (bool per vocabulary id) turns on whole-word masking.
-    """
-    n = len(lengths)
-    seq_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    reserved = special.is_special
-    candidates = np.flatnonzero(~reserved[flat])  # (K,) flat positions, sequence by sequence
-    counts = np.bincount(np.repeat(np.arange(n), lengths)[candidates], minlength=n)
-    group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    num_to_predict = np.minimum(np.clip(np.round(counts * masked_lm_prob), 1, max_predictions), counts)
-    num_to_predict = num_to_predict.astype(np.int64)
-    # 3 uniforms per prediction (which position, [MASK]/random/same, which random id), in output
-    # order: sequence, draw, slot; each group draws its own
-    group_bounds = np.concatenate([[0], np.cumsum([g for _, g in groups])]).astype(np.int64)
-    per_group = np.concatenate([[0], np.cumsum(num_to_predict)])[group_bounds] * num_draws
-    u = np.concatenate(
-        [np.zeros((3, 0))]
-        + [
-            rng.random((3, int(b - a)))
-            for (rng, _), a, b in zip(groups, per_group[:-1], per_group[1:], strict=True)
-        ],
-        axis=1,
-    )
-    seq = np.repeat(np.arange(n), num_draws * num_to_predict)
-    if word_start is None:
-        # each (sequence, draw) row: the chosen candidate ranks, ascending (the table's row-major order)
-        taken = _floyd_subsets(u[0], np.repeat(counts, num_draws), np.repeat(num_to_predict, num_draws))
-        rank = np.flatnonzero(taken) % taken.shape[1]
-        positions = candidates[group_start[seq] + rank] - seq_start[seq]
-    else:
-        width = int(num_to_predict.max(initial=0))
-        chosen = np.zeros((n, num_draws, width), np.int64)
-        for (rng, _), s0, s1 in zip(groups, group_bounds[:-1], group_bounds[1:], strict=True):
-            for i in range(s0, s1):
-                seq_ids = flat[seq_start[i] : seq_start[i] + lengths[i]]
-                words = _word_groups(np.flatnonzero(~reserved[seq_ids]), seq_ids, word_start)
-                for d in range(num_draws):
-                    chosen[i, d, : num_to_predict[i]] = np.sort(
-                        _choose_positions(num_to_predict[i], rng, words)
-                    )
-        positions = chosen[(np.arange(width) < num_to_predict[:, None, None]).repeat(num_draws, axis=1)]
-    roll, pick = u[1], u[2]
-    replacements = special.replacement_ids
-    random_ids = replacements[(pick * len(replacements)).astype(np.int64)]
-    ids = np.where(
-        roll < 0.8, special.mask_id, np.where(roll < 0.9, random_ids, flat[seq_start[seq] + positions])
-    )
-    return positions, ids.astype(np.int32), num_to_predict
-
-
-def mask_batch(
-    sequences: list[np.ndarray], num_draws: int, masked_lm_prob: float, max_predictions: int,
-    special: SpecialTokens, rng: np.random.Generator, word_start: np.ndarray | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """:func:`mask_tokens` for many sequences at once, one generator."""
-    lengths = np.array([len(x) for x in sequences], dtype=np.int64)
-    positions, ids, m = mask_flat(
-        np.concatenate(sequences), lengths, [(rng, len(sequences))], num_draws, masked_lm_prob,
-        max_predictions, special, word_start,
-    )  # fmt: skip
-    bounds = np.concatenate([[0], np.cumsum(num_draws * m)])
-    return [
-        (positions[a:b].reshape(num_draws, -1), ids[a:b].reshape(num_draws, -1))
-        for a, b in itertools.pairwise(bounds)
-    ]
-
-
-def mask_tokens(
-    input_ids: np.ndarray, num_draws: int, masked_lm_prob: float, max_predictions: int,
-    special: SpecialTokens, rng: np.random.Generator, word_start: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``num_draws`` independent MLM draws → (positions, ids), each (D, M), positions sorted per row."""
-    return mask_batch([input_ids], num_draws, masked_lm_prob, max_predictions, special, rng, word_start)[0]
-
-
-def range_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens,
-    seed: int, word_start: np.ndarray | None = None,
-) -> SampleArrays:  # fmt: skip
+def range_samples(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> SampleArrays:
     """All samples of documents ``first..last-1``: pairs per document (sequential by nature), then
     inputs and masks for the whole range in a handful of numpy calls.
 
     Every document draws from its own generator, seeded by (seed, doc_id) only, first its pairs,
     then its masks: the output for a document is the same whatever range it is built in.
     """
+    cfg = recipe.pairs
     rngs, spans, is_random, doc_ids = [], [], [], []
     for doc_id in range(first, last):
-        rng = np.random.default_rng([seed, doc_id])
-        s, r = pair_spans(corpus, doc_id, pool, cfg.max_seq_length, cfg.short_seq_prob, rng)
+        rng = np.random.default_rng([recipe.seed, doc_id])
+        s, r = pair_spans(corpus, doc_id, recipe.pool, cfg.max_seq_length, cfg.short_seq_prob, rng)
         if len(s):
             rngs.append((rng, len(s)))
             spans.append(s)
@@ -426,10 +276,10 @@ def range_samples(
     pairs_per_doc = np.array([n for _, n in rngs], dtype=np.int64)
     all_spans = np.concatenate([np.zeros((0, 4), np.int64), *spans])
     all_spans = truncate_spans(all_spans, cfg.max_seq_length - 3, rngs)
-    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens, special)
+    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens, recipe.special)
     positions, ids, num_predictions = mask_flat(
         input_ids, lengths, rngs, cfg.dupe_factor, cfg.masked_lm_prob, cfg.max_predictions_per_seq,
-        special, word_start if cfg.whole_word_masking else None,
+        recipe.special.masking_vocab(), recipe.word_start if cfg.whole_word_masking else None,
     )  # fmt: skip
     sample_doc = np.repeat(np.array(doc_ids, dtype=np.int64), pairs_per_doc)
     pair_index = np.arange(len(sample_doc)) - np.repeat(
@@ -448,11 +298,3 @@ def range_samples(
         doc_ids=sample_doc,
         dupe_factor=cfg.dupe_factor,
     )
-
-
-def document_samples(
-    corpus: Corpus, doc_id: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray | None = None,
-) -> list[Sample]:  # fmt: skip
-    """All samples of one document; the generator depends only on (seed, doc_id)."""
-    return range_samples(corpus, doc_id, doc_id + 1, pool, cfg, special, seed, word_start).to_samples()

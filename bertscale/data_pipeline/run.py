@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write
 from bertscale.config import to_dict
-from bertscale.data_pipeline import corpora, multistream, sources, spill, stages
+from bertscale.data_pipeline import corpora, dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.instances import SampleRecipe
 from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SplitInfo
 from bertscale.data_pipeline.shards import write_manifest
 from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
@@ -99,6 +100,11 @@ def _multistream_task(dump: str, index: Path, parts: int) -> tuple[list[ReadUnit
     return [ReadUnit("wiki", dump, a, b, header) for a, b in ranges], None
 
 
+_signature_task = ray.remote(num_cpus=1)(dedup.signatures).options(name="dedup_signatures")
+_collision_task = ray.remote(num_cpus=1)(dedup.collisions).options(name="dedup_collisions")
+_drop_task = ray.remote(num_cpus=1)(spill.drop_documents).options(name="drop_documents")
+_grams_task = ray.remote(num_cpus=1)(dedup.file_ngrams).options(name="contamination_ngrams")
+_overlap_task = ray.remote(num_cpus=1)(dedup.overlap).options(name="contamination_overlap")
 _trim_task = ray.remote(num_cpus=1)(spill.trim_documents).options(name="trim_documents")
 _sample_task = ray.remote(num_cpus=1)(stages.sample_sentences).options(name="sample_sentences")
 _tokenizer_task = ray.remote(num_cpus=1)(stages.train_from_samples).options(name="train_tokenizer")
@@ -108,12 +114,7 @@ _samples_task = ray.remote(num_cpus=1)(stages.samples_part).options(name="build_
 _shards_task = ray.remote(num_cpus=1)(stages.write_shards).options(name="write_shards")
 
 
-@ray.remote(num_cpus=1)
-def _plan_task(*args: Any) -> dict[str, stages.SplitPlan] | str:
-    try:
-        return stages.plan_splits(*args)
-    except DataError as err:  # returned, not raised: the driver turns it into one line
-        return str(err)
+_plan_task = ray.remote(num_cpus=1)(stages.plan_splits).options(name="plan_splits")
 
 
 @ray.remote(num_cpus=0)
@@ -145,6 +146,16 @@ def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
     finally:
         if started:
             ray.shutdown()
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with a task's DataError re-raised as itself (one line, not a remote traceback)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DataError):
+            raise DataError(str(err.cause)) from None
+        raise
 
 
 def _init_ray(num_workers: int) -> bool:
@@ -201,7 +212,7 @@ class _Stage:
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(size_of[done[0]])
         bar.close()
-        return ray.get(refs)
+        return _get(refs)
 
 
 def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
@@ -225,6 +236,9 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             stage = _Stage(cfg, spill_dir)
             chunks = read_stage(stage)
             clock.lap("read_clean")
+            chunks, duplicates = dedup_stage(stage, chunks)
+            contamination = contamination_stage(stage, chunks)
+            clock.lap("dedup")
             model_proto = tokenize_stage(stage, chunks, model_proto)
             clock.lap("tokenizer")
             corpus = encode_stage(stage, chunks, model_proto)
@@ -251,6 +265,8 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
                     "validation_documents": stages.num_validation(
                         corpus["documents"], cfg.split.validation_fraction
                     ),
+                    **duplicates,
+                    **contamination,
                 },
                 skipped=stage.skips.items,
                 dropped_samples=dropped,
@@ -278,7 +294,7 @@ def check_shared(directory: Path, output: Path) -> None:
         for n in nodes
     ]
     try:
-        for node, problem in zip(nodes, ray.get(refs), strict=True):
+        for node, problem in zip(nodes, _get(refs), strict=True):
             if problem is not None:
                 raise DataError(
                     f"output_dir {output}: Ray node {node.get('NodeManagerAddress', node['NodeID'])} cannot see"
@@ -314,7 +330,7 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
         if path not in refs:
             units.append(ReadUnit("wiki", path))
             continue
-        ranges, problem = ray.get(refs[path])
+        ranges, problem = _get(refs[path])
         if problem is not None:
             if stage.skips.fail:
                 raise DataError(problem)
@@ -384,11 +400,84 @@ def _cap(chunks: list[Chunk], limit: int) -> list[Chunk]:
         if left <= 0:
             chunk.path.unlink()
         elif chunk.raws > left:
-            documents, sentences = ray.get(_trim_task.remote(chunk.path, left))
+            documents, sentences = _get(_trim_task.remote(chunk.path, left))
             kept.append(Chunk(chunk.path, documents, sentences, left))
         else:
             kept.append(chunk)
     return kept
+
+
+# --- stage 1b: deduplication and contamination report (both optional) ------------------------
+
+
+def dedup_stage(stage: _Stage, chunks: list[Chunk]) -> tuple[list[Chunk], dict[str, int]]:
+    """Drop exact and/or near-duplicate documents (a later one of a colliding pair) → the chunks
+    rewritten without them, and the counts for the manifest."""
+    cfg = stage.cfg.dedup
+    if not (cfg.exact or cfg.near):
+        return chunks, {}
+    groups = _ranges(np.array([c.documents for c in chunks]), stage.parts)
+    paths = [stage.spill_dir / f"signatures-{i:06d}.npz" for i in range(len(groups))]
+    refs = [
+        _signature_task.remote([c.path for c in chunks[a:b]], cfg, stage.cfg.seed, path)
+        for (a, b), path in zip(groups, paths, strict=True)
+    ]
+    stage.gather(refs, [b - a for a, b in groups], "dedup", "file")
+    bands, rows = dedup.lsh_bands(cfg)
+    exact_ref = _collision_task.remote(paths, [], rows, True) if cfg.exact else None
+    band_groups = _ranges(np.ones(bands), stage.parts) if cfg.near else []
+    near_refs = [_collision_task.remote(paths, list(range(a, b)), rows, False) for a, b in band_groups]
+    exact = _get(exact_ref) if exact_ref is not None else np.zeros(0, np.int64)
+    near = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *_get(near_refs)]), exact)
+    drop = np.union1d(exact, near)
+    starts = np.cumsum([0, *(c.documents for c in chunks)])
+    bounds = np.searchsorted(drop, starts)
+    refs, where = [], []
+    for i, (chunk, a, b) in enumerate(zip(chunks, bounds[:-1], bounds[1:], strict=True)):
+        if b > a:
+            refs.append(_drop_task.remote(chunk.path, drop[a:b] - starts[i]))
+            where.append(i)
+    for i, (documents, sentences) in zip(where, _get(refs), strict=True):
+        chunks[i] = Chunk(chunks[i].path, documents, sentences, chunks[i].raws)
+    for path in paths:
+        path.unlink()
+    counts = {"exact_duplicates": len(exact)} if cfg.exact else {}
+    return chunks, counts | ({"near_duplicates": len(near)} if cfg.near else {})
+
+
+def contamination_stage(stage: _Stage, chunks: list[Chunk]) -> dict[str, Any]:
+    """Word n-grams of each fine-tuning test file found in the (deduplicated) corpus, if asked for."""
+    cfg = stage.cfg.dedup
+    if not cfg.contamination:
+        return {}
+    files, missing = sources.expand_inputs(cfg.contamination)
+    if missing:
+        raise DataError(f"{missing[0]['path']}: contamination test file {missing[0]['reason']}")
+    grams = _get([_grams_task.remote(path, cfg.contamination_ngram) for path in files])
+    everything = np.unique(np.concatenate([np.zeros(0, np.uint64), *grams]))
+    grams_ref = ray.put(everything)
+    groups = _ranges(np.array([c.documents for c in chunks]), stage.parts)
+    refs = [
+        _overlap_task.remote([c.path for c in chunks[a:b]], grams_ref, cfg.contamination_ngram)
+        for a, b in groups
+    ]
+    results = stage.gather(refs, [b - a for a, b in groups], "contamination", "file")
+    found = np.unique(np.concatenate([np.zeros(0, np.uint64), *(f for f, _ in results)]))
+    report = {
+        path: {
+            "ngrams": len(g),
+            "found": int(np.isin(g, found).sum()),
+            "fraction": float(np.isin(g, found).mean()) if len(g) else 0.0,
+        }
+        for path, g in zip(files, grams, strict=True)
+    }
+    return {
+        "contamination": {
+            "ngram": cfg.contamination_ngram,
+            "documents": sum(d for _, d in results),
+            "files": report,
+        }
+    }
 
 
 # --- stage 2: tokenizer ---------------------------------------------------------------------
@@ -406,7 +495,7 @@ def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None
     keep = sample_indices(int(starts[-1]), cfg.tokenizer.input_sentence_size, cfg.seed)
     if keep is None:  # the whole corpus is the sample: the trainer reads the clean files themselves
         paths = [c.path for c in chunks]
-        return ray.get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
+        return _get(_tokenizer_task.remote(paths, counts.tolist(), cfg.tokenizer, cfg.seed))
     bounds = np.searchsorted(keep, starts)
     picks = [keep[a:b] - start for a, b, start in zip(bounds[:-1], bounds[1:], starts[:-1], strict=True)]
     groups = _ranges(np.diff(bounds), stage.parts)
@@ -415,7 +504,7 @@ def tokenize_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes | None
         _sample_task.remote(chunks[a:b], picks[a:b], path) for (a, b), path in zip(groups, paths, strict=True)
     ]
     sampled = stage.gather(refs, [b - a for a, b in groups], "sample", "file")
-    model_proto = ray.get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
+    model_proto = _get(_tokenizer_task.remote(paths, sampled, cfg.tokenizer, cfg.seed))
     for path in paths:
         path.unlink()
     return model_proto
@@ -435,7 +524,7 @@ def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict
     ]
     sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
     stage.gather(refs, sizes, "encode", "doc")
-    sentences, doc_ranges = ray.get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
+    sentences, doc_ranges = _get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
     for chunk in chunks:
         chunk.path.unlink()  # the text is no longer needed; only ids go on
     corpus = spill.load_corpus(stage.spill_dir)  # memory-mapped: the driver reads two numbers
@@ -456,9 +545,10 @@ def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> di
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
     sp = processor(model_proto)
-    special, word_start = special_tokens(sp), word_start_table(sp)
+    special = special_tokens(sp)  # ids from the tokenizer: a published WordPiece has [CLS]=101
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, special, cfg.seed, word_start_table(sp)))
     refs = [
-        _samples_task.remote(stage.spill_dir, i, a, b, pool, cfg.pairs, special, cfg.seed, word_start)
+        _samples_task.remote(stage.spill_dir, i, a, b, recipe)
         for i, (a, b) in enumerate(corpus["ranges"])
     ]
     produced = stage.gather(refs, [b - a for a, b in corpus["ranges"]], "pairs", "doc")
@@ -476,9 +566,7 @@ def shards_stage(
 ) -> tuple[dict[str, SplitInfo], dict[str, int]]:
     """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
     cfg = stage.cfg
-    plans = ray.get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
-    if isinstance(plans, str):
-        raise DataError(plans)
+    plans = _get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
     infos: dict[str, SplitInfo] = {}
     refs, sizes, owners = [], [], []
     for split in SPLITS:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bertscale.errors import DataError
+from bertscale.masking import MaskingVocab
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -44,6 +45,7 @@ SPLITS = ("train", "validation")
 # them from the manifest (:meth:`Manifest.special`) or the tokenizer, never from constants.
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
+
 
 NEXT_IS_REAL, NEXT_IS_RANDOM = 0, 1  # HuggingFace convention for next_sentence_label
 
@@ -89,21 +91,24 @@ class SpecialTokens:
         values = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
         return dict(zip(SPECIAL_TOKENS, values, strict=True))
 
-    @functools.cached_property  # built once: masking asks per sample
-    def is_special(self) -> np.ndarray:
-        """bool (V,), read-only: True at the reserved ids, which masking never chooses nor draws."""
-        table = np.zeros(self.vocab_size, dtype=bool)
-        for start, stop in self.reserved:
-            table[start:stop] = True
-        table.setflags(write=False)
-        return table
+    def masking_vocab(self) -> MaskingVocab:
+        """What :mod:`bertscale.masking` needs: [MASK] and the reserved ids (never chosen nor drawn)."""
+        return self._masking_vocab
 
     @functools.cached_property
+    def _masking_vocab(self) -> MaskingVocab:  # built once: masking asks per sample
+        reserved = tuple(i for start, stop in self.reserved for i in range(start, stop))
+        return MaskingVocab(self.vocab_size, self.mask_id, reserved)
+
+    @property
+    def is_special(self) -> np.ndarray:
+        """bool (V,): True at the reserved ids."""
+        return self.masking_vocab().is_special
+
+    @property
     def replacement_ids(self) -> np.ndarray:
-        """int64 (R,), read-only: the ids a random replacement is drawn from, ascending."""
-        ids = np.flatnonzero(~self.is_special).astype(np.int64)
-        ids.setflags(write=False)
-        return ids
+        """int (R,): the ids a random replacement is drawn from, ascending."""
+        return self.masking_vocab().replacement_ids
 
 
 def id_ranges(ids: np.ndarray) -> list[list[int]]:
@@ -278,12 +283,16 @@ class Manifest:
     def special(self) -> SpecialTokens:
         return SpecialTokens.from_ids(self.special_tokens, self.vocab_size, self.reserved_ids)
 
+    def masking_vocab(self) -> MaskingVocab:
+        return self.special().masking_vocab()
+
     def to_json(self) -> str:
         data = asdict(self)
         for name, split in self.splits.items():
             data["splits"][name]["samples"] = split.samples
             data["splits"][name]["tokens"] = split.tokens
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
 
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:

@@ -122,15 +122,17 @@ def _records(arrays: SampleArrays) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     t, m = arrays.lengths, arrays.num_predictions
-    shapes_t = [(x,) for x in t.tolist()]
-    shapes_m = [(draws, x) for x in m.tolist()]
+    per_token = ([(x,) for x in t.tolist()], t)  # (shape, elements) of each sample's array
+    per_draw = ([(draws, x) for x in m.tolist()], draws * m)
+    layout = {"input_ids": per_token, "token_type_ids": per_token}
+    layout |= {"masked_positions": per_draw, "masked_ids": per_draw}
     # (header rows, flat payload bytes, payload bytes per sample) per member, in ARRAY_FIELDS order
-    payloads = [
-        (_npy_headers("<i4", shapes_t), arrays.input_ids.astype("<i4").view(np.uint8), 4 * t),
-        (_npy_headers("|u1", shapes_t), arrays.token_type_ids.astype(np.uint8), t),
-        (_npy_headers("<i2", shapes_m), arrays.masked_positions.astype("<i2").view(np.uint8), 2 * draws * m),
-        (_npy_headers("<i4", shapes_m), arrays.masked_ids.astype("<i4").view(np.uint8), 4 * draws * m),
-    ]
+    payloads = []
+    for name, dtype in ARRAY_FIELDS.items():
+        shapes, elements = layout[name]
+        stored = dtype.newbyteorder("<")  # what np.save writes on a little-endian host
+        data = getattr(arrays, name).astype(stored).view(np.uint8)
+        payloads.append((_npy_headers(stored.str, shapes), data, stored.itemsize * elements))
     sizes = [h.shape[1] + nbytes for h, _, nbytes in payloads] + [np.ones(n, np.int64)]
     slots = [-(-int(s.max(initial=0)) // BLOCK) for s in sizes]  # payload blocks reserved per member
     first_block = np.cumsum([0, *(1 + s for s in slots)])  # where each member's header block sits
@@ -160,7 +162,7 @@ def _records(arrays: SampleArrays) -> tuple[np.ndarray, np.ndarray]:
         body[:, :h] = npy_header
         column = np.arange(body.shape[1] - h)
         body[:, h:][column < nbytes[:, None]] = data
-    grid[:, first_block[4] + 1, 0] = ord("0") + arrays.next_sentence_label
+    grid[:, first_block[len(ARRAY_FIELDS)] + 1, 0] = ord("0") + arrays.next_sentence_label
     return grid[used].reshape(-1), np.concatenate([[0], np.cumsum(used.sum(axis=1) * BLOCK)]).astype(np.int64)
 
 

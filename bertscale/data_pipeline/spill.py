@@ -92,6 +92,15 @@ def trim_documents(path: Path, raw_limit: int) -> tuple[int, int]:
     return kept, write_documents(path, documents[:kept], raw_index[:kept])
 
 
+def drop_documents(path: Path, drop: np.ndarray) -> tuple[int, int]:
+    """Rewrite without the documents at positions ``drop`` → (documents, sentences) left."""
+    documents, raw_index = _read_documents(path)
+    keep = np.ones(len(documents), bool)
+    keep[drop] = False
+    kept = [doc for doc, k in zip(documents, keep.tolist(), strict=True) if k]
+    return len(kept), write_documents(path, kept, raw_index[keep])
+
+
 class SpilledSentences(Sequence[str]):
     """Every sentence of the clean files, in order, read on demand with one file in memory.
 

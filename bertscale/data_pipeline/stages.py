@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
-from bertscale.data_pipeline import corpora, multistream, sources, spill
-from bertscale.data_pipeline.config import PairsConfig, SplitConfig, TokenizerConfig
-from bertscale.data_pipeline.instances import Corpus, range_samples
-from bertscale.data_pipeline.schema import SPLITS, ShardInfo, SpecialTokens, shard_name
+from bertscale.data_pipeline import multistream, sources, spill
+from bertscale.data_pipeline.config import SplitConfig, TokenizerConfig
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
+from bertscale.data_pipeline.schema import SPLITS, ShardInfo, shard_name
 from bertscale.data_pipeline.shards import SampleBatch, ShardPlan, plan_shards, write_shard
-from bertscale.data_pipeline.tokenizer import Processor, processor, train_tokenizer
+from bertscale.data_pipeline.tokenizer import processor, train_tokenizer
 from bertscale.errors import DataError
 
 CLEAN_BATCH_CHARS = 256_000  # raw wikitext per cleaning batch: small enough to spread, big enough to amortise
@@ -35,12 +36,11 @@ BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step
 class ReadUnit:
     """What one read task reads: a whole file, or a byte range of a multistream dump."""
 
-    kind: str  # "wiki" | "book" | "jsonl" | "parquet" | "text"
+    kind: str  # "wiki" | "book"
     path: str
     start: int = 0
     end: int | None = None  # None: the whole file
     header: bytes = b""  # the dump's XML header, put before a range that does not start at 0
-    field: str = "text"  # jsonl / parquet: where a record's text is
 
 
 @dataclass
@@ -60,12 +60,6 @@ def clean_path(spill_dir: Path, unit: int, batch: int) -> Path:
 def raw_documents(unit: ReadUnit) -> Iterator[sources.RawDocument]:
     if unit.kind == "book":
         yield sources.read_book(unit.path)
-    elif unit.kind == "jsonl":
-        yield from corpora.iter_jsonl(unit.path, unit.field)
-    elif unit.kind == "parquet":
-        yield from corpora.iter_parquet(unit.path, unit.field)
-    elif unit.kind == "text":
-        yield corpora.read_text_file(unit.path)
     elif unit.end is None:
         yield from sources.iter_wiki_pages(unit.path)
     else:
@@ -149,7 +143,7 @@ def encode_documents(
 
 
 def _encode(
-    sp: Processor, documents: list[list[str]]
+    sp: spm.SentencePieceProcessor, documents: list[list[str]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -189,10 +183,7 @@ def join_corpus(spill_dir: Path, encode_parts: int, parts: int) -> tuple[int, li
 # --- pairs + masks -----------------------------------------------------------------------------
 
 
-def sample_blocks(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray,
-) -> Iterator[SampleBatch]:  # fmt: skip
+def sample_blocks(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> Iterator[SampleBatch]:
     """Samples of documents ``first..last-1``, serialised to tar records, in blocks of about
     ``BUILD_BLOCK_TOKENS`` (bounded memory; every document's randomness is its own, so the
     blocking changes no byte)."""
@@ -202,30 +193,22 @@ def sample_blocks(
     )
     cuts = np.unique(np.concatenate([[0], bounds + 1, [last - first]]).clip(0, last - first)) + first
     for a, b in itertools.pairwise(cuts.tolist()):
-        yield SampleBatch.from_arrays(range_samples(corpus, a, b, pool, cfg, special, seed, word_start))
+        yield SampleBatch.from_arrays(range_samples(corpus, a, b, recipe))
 
 
-def build_samples(
-    corpus: Corpus, first: int, last: int, pool: np.ndarray, cfg: PairsConfig, special: SpecialTokens, seed: int,
-    word_start: np.ndarray,
-) -> SampleBatch:  # fmt: skip
+def build_samples(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -> SampleBatch:
     """:func:`sample_blocks` in memory, as one batch."""
-    return SampleBatch.concatenate(
-        list(sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start))
-    )
+    return SampleBatch.concatenate(list(sample_blocks(corpus, first, last, recipe)))
 
 
 def records_path(spill_dir: Path, part: int) -> Path:
     return spill_dir / f"records-{part:06d}.bin"
 
 
-def samples_part(
-    spill_dir: Path, part: int, first: int, last: int, pool: np.ndarray, cfg: PairsConfig,
-    special: SpecialTokens, seed: int, word_start: np.ndarray,
-) -> tuple[int, int]:  # fmt: skip
+def samples_part(spill_dir: Path, part: int, first: int, last: int, recipe: SampleRecipe) -> tuple[int, int]:
     """Samples of documents ``first..last-1`` → records + metadata files; returns (samples, random Bs)."""
     corpus = spill.load_corpus(spill_dir)
-    blocks = sample_blocks(corpus, first, last, pool, cfg, special, seed, word_start)
+    blocks = sample_blocks(corpus, first, last, recipe)
     batch = spill.spill_records(blocks, records_path(spill_dir, part))
     spill.save_samples(spill_dir / f"samples-{part:06d}.npy", batch, part)
     return len(batch), int(batch.labels.sum())

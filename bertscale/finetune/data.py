@@ -31,11 +31,11 @@ from bertscale.finetune.readers import (
     infer_format,
     read_examples,
 )
+from bertscale.masking import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from bertscale.finetune.config import DatasetConfig
 
-IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default ignore_index
 SPLIT_NAMES = ("train", "validation", "test")
 
 
@@ -85,7 +85,7 @@ def load_tokenizer(path: str | Path) -> TaskTokenizer:
 # --- encoding ----------------------------------------------------------------------------------
 
 
-def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
+def truncate_longest_first(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
     """Drop tokens from the end of the longer sequence until both fit (HF 'longest_first')."""
     a, b = list(a), list(b)
     while len(a) + len(b) > max_tokens:
@@ -104,7 +104,7 @@ def encode_sentence(
     if text_pair is None:
         a = a[: max_seq_length - 2]
         return [cls, *a, sep], [0] * (len(a) + 2)
-    a, b = truncate_pair(a, tokenizer.encode(text_pair, out_type=int), max_seq_length - 3)
+    a, b = truncate_longest_first(a, tokenizer.encode(text_pair, out_type=int), max_seq_length - 3)
     return [cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
-from bertscale.finetune.data import IGNORE_INDEX
+from bertscale.masking import IGNORE_INDEX
 
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int], num_labels: int) -> dict:

@@ -40,14 +40,18 @@ class DataConfig:
     eval_split: str = "validation"
     micro_batch_size: int = 8  # sequences per rank per forward/backward
     masking: Literal["static", "dynamic"] = "static"  # static: the pipeline's draws, one per epoch
-    mlm_probability: float = 0.15  # dynamic masking only
+    # dynamic masking only (static draws were made by the pipeline's pairs.* settings of the same names)
+    masked_lm_prob: float = 0.15
+    max_predictions_per_seq: int | None = None  # None: no cap (labels are dense, no fixed M is needed)
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.num_workers < 0:
             raise ValueError("micro_batch_size must be >= 1 and num_workers >= 0")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+        if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
+            raise ValueError(f"max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}")
 
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 

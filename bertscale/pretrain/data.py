@@ -6,7 +6,8 @@ Public API:
     PretrainBatches(root, split, ...)  iterable of padded HF-style batches; ``.state`` after each batch,
                                        ``.skipped_shards`` (corrupt shards passed over under "skip")
     eval_batches(root, split, ...)     fixed evaluation batches, the same count on every rank
-    mask_static(sample, draw), mask_dynamic(sample, rng, special, mlm_probability)
+    mask_static(sample, draw), mask_dynamic(sample, rng, vocab, masked_lm_prob, max_predictions)
+                                       (the rule itself is bertscale.masking's)
     collate(examples, pad_id)          -> HF batch: input_ids, token_type_ids, attention_mask, labels,
                                           next_sentence_label
 
@@ -34,12 +35,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bertscale.data_pipeline.schema import Sample, SpecialTokens, load_manifest, read_shard
+from bertscale.data_pipeline.schema import Sample, load_manifest, read_shard
 from bertscale.errors import DataError
+from bertscale.masking import IGNORE_INDEX, MaskingVocab, apply_mask, mask_sequence
 
 log = logging.getLogger("bertscale")
 
-IGNORE_INDEX = -100  # label of unmasked positions (HF / torch cross-entropy convention)
 Batch = dict[str, torch.Tensor]
 Example = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # input_ids, labels, token_type_ids, nsp label
 
@@ -71,38 +72,22 @@ class StreamState:
 def mask_static(sample: Sample, draw: int) -> tuple[np.ndarray, np.ndarray]:
     """Apply the pipeline's precomputed mask draw ``draw % D``; returns (input_ids, labels)."""
     row = draw % sample.masked_positions.shape[0]
-    positions = sample.masked_positions[row].astype(np.int64)
-    ids = sample.input_ids.astype(np.int64)
-    labels = np.full_like(ids, IGNORE_INDEX)
-    labels[positions] = ids[positions]
-    ids[positions] = sample.masked_ids[row]
-    return ids, labels
+    return apply_mask(sample.input_ids, sample.masked_positions[row], sample.masked_ids[row])
 
 
 def mask_dynamic(
-    sample: Sample, rng: np.random.Generator, special: SpecialTokens, mlm_probability: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masking drawn afresh: 15% of non-reserved tokens; 80% [MASK], 10% random, 10% kept.
-
-    Reserved ids (the manifest's: special tokens, unused slots) are never chosen nor drawn."""
-    ids = sample.input_ids.astype(np.int64)
-    candidates = np.flatnonzero(~special.is_special[ids])
-    count = max(1, round(mlm_probability * len(candidates)))
-    positions = np.sort(rng.choice(candidates, size=count, replace=False))
-    labels = np.full_like(ids, IGNORE_INDEX)
-    labels[positions] = ids[positions]
-    action = rng.random(count)
-    replacements = special.replacement_ids
-    random_ids = replacements[rng.integers(0, len(replacements), size=count)]
-    ids[positions] = np.where(action < 0.8, special.mask_id, np.where(action < 0.9, random_ids, ids[positions]))
-    return ids, labels
+    sample: Sample, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
+    max_predictions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A mask drawn afresh by the pipeline's rule; returns (input_ids, labels)."""
+    return mask_sequence(sample.input_ids, rng, vocab, masked_lm_prob, max_predictions)
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
     """(input_ids, labels, token_type_ids, nsp_label) examples -> right-padded HF-style batch."""
     length = max(len(ids) for ids, *_ in examples)
     size = len(examples)
-    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
+    input_ids = torch.full((size, length), pad_id, dtype=torch.long)  # the manifest's [PAD]
     labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
     token_type_ids = torch.zeros((size, length), dtype=torch.long)
     attention_mask = torch.zeros((size, length), dtype=torch.long)
@@ -159,7 +144,8 @@ class PretrainBatches:
         world_size: int = 1,
         num_workers: int = 0,
         masking: Literal["static", "dynamic"] = "static",
-        mlm_probability: float = 0.15,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int | None = None,
         seed: int = 0,
         loop: bool = True,
         max_position_embeddings: int | None = None,
@@ -176,13 +162,15 @@ class PretrainBatches:
                 f"{self.root}: shards hold sequences up to {manifest.max_seq_length} tokens, "
                 f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
-        self.special = manifest.special()
+        self.special = manifest.special()  # the tokenizer's ids, never constants
+        self.vocab = self.special.masking_vocab()
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
         self.workers = max(1, num_workers)  # in-process reading counts as one worker
         self.readers = world_size * self.workers
-        self.masking, self.mlm_probability, self.seed, self.loop = masking, mlm_probability, seed, loop
+        self.masking, self.seed, self.loop = masking, seed, loop
+        self.masked_lm_prob, self.max_predictions_per_seq = masked_lm_prob, max_predictions_per_seq
         self.on_corrupt_shard = on_corrupt_shard
         if state is None:
             first = [rank * self.workers + w for w in range(self.workers)]
@@ -207,7 +195,9 @@ class PretrainBatches:
             ids, labels = mask_static(sample, draw=epoch)
         else:  # keyed by (seed, epoch, sample) so a resumed run redraws exactly the same masks
             rng = np.random.default_rng([self.seed, epoch, zlib.crc32(sample.key.encode())])
-            ids, labels = mask_dynamic(sample, rng, self.special, self.mlm_probability)
+            ids, labels = mask_dynamic(
+                sample, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq
+            )
         return ids, labels, sample.token_type_ids, sample.next_sentence_label
 
     def read_batches(self, reader: int, position: ReaderPosition) -> Iterator[Batch]:

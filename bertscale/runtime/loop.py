@@ -56,6 +56,7 @@ def run_training(
     # this rank's sums over the logging window, kept on the device: no host sync between logs
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start = 0, time.perf_counter()
+    counted = 0  # tokens of the current window already in state.tokens (a save inside the window)
     engine.train()
     while state.step < max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
@@ -77,7 +78,8 @@ def run_training(
             totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], engine.device), strict=True))
             seconds = time.perf_counter() - window_start
             tokens = totals.pop("tokens")
-            state.tokens += int(tokens)
+            state.tokens += int(tokens) - counted
+            counted = 0
             metrics = {k: v / (window_steps * accumulation * world) for k, v in totals.items()}
             metrics |= {"lr": lr, "tokens_per_s": tokens / seconds, "step_time_s": seconds / window_steps}
             if flops_per_token and peak_flops:
@@ -89,6 +91,10 @@ def run_training(
             tracker.log_metrics(state.step, evaluate())
             engine.train()
         if save is not None and save_every and state.step % save_every == 0:
+            if window_steps:  # the checkpoint's count includes the steps not logged yet
+                (window_tokens,) = all_reduce_sum([sums["tokens"]], engine.device)
+                state.tokens += int(window_tokens) - counted
+                counted = int(window_tokens)
             save(state)
         if window_steps == 0:  # evaluation and checkpoint time is not training throughput
             window_start = time.perf_counter()

@@ -192,3 +192,15 @@ def test_whole_word_masking_end_to_end(local_ray, tiny_config, tmp_path):
                 whole += len(orphans) == 0
                 total += 1
     assert total > 200 and whole / total > 0.9
+
+
+def test_every_node_must_see_the_output_directory(local_ray, tmp_path):
+    """The start-up check runs a task on every Ray node: here one node, which sees the directory; a
+    marker a node cannot read is reported with the reason that node found."""
+    from bertscale.data_pipeline.run import _sees_task, check_shared
+
+    check_shared(tmp_path, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the marker is gone
+    assert ray.get(_sees_task.remote(str(tmp_path / "absent"), "token")) == "No such file or directory"
+    (tmp_path / "marker").write_text("another")
+    assert ray.get(_sees_task.remote(str(tmp_path / "marker"), "token")) == "it holds another run's marker"

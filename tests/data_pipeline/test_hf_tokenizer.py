@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertscale.data_pipeline.instances import mask_tokens
+from bertscale.data_pipeline.reference import mask_tokens
 from bertscale.data_pipeline.schema import load_manifest, read_shard
 from bertscale.data_pipeline.tokenizer import (
     WordPieceProcessor,
@@ -109,7 +109,7 @@ def test_masking_with_wordpiece_ids_never_touches_reserved_ids() -> None:
         body = rng.choice(words, size=60)
         ids = np.concatenate([[special.cls_id], body[:30], [special.sep_id], body[30:], [special.sep_id]])
         ids[5] = special.unk_id  # an [UNK] in the text is left alone too
-        positions, masked = mask_tokens(ids, 4, 0.15, 20, special, rng)
+        positions, masked = mask_tokens(ids, 4, 0.15, 20, special.masking_vocab(), rng)
         assert not reserved[ids[positions]].any()
         chosen += positions.size
         changed = (masked != special.mask_id) & (masked != ids[positions])
@@ -133,7 +133,7 @@ def test_whole_word_masking_keeps_wordpiece_continuations_with_their_word() -> N
     word_of = np.cumsum(starts[ids])
     rng = np.random.default_rng(0)
     for _ in range(300):
-        positions, _ = mask_tokens(ids, 1, 0.15, 40, special, rng, starts)
+        positions, _ = mask_tokens(ids, 1, 0.15, 40, special.masking_vocab(), rng, starts)
         chosen = set(positions[0].tolist())
         touched = set(word_of[positions[0]].tolist())
         cut = sum(not set(np.flatnonzero(word_of == w).tolist()) <= chosen for w in touched)

@@ -6,22 +6,29 @@ import numpy as np
 import pytest
 
 from bertscale.data_pipeline.config import PairsConfig
-from bertscale.data_pipeline.instances import (
-    Corpus,
+from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
+from bertscale.data_pipeline.reference import (
     create_pairs,
     document_samples,
     mask_batch,
     mask_tokens,
-    range_samples,
-    truncate_pair,
+    truncate_random_ends,
 )
 from bertscale.data_pipeline.schema import NEXT_IS_RANDOM
 from bertscale.data_pipeline.tokenizer import trained_special
+from bertscale.masking import MaskingVocab
 
 VOCAB = 30_000
-SPECIAL = trained_special(VOCAB)
-CLS_ID, SEP_ID, MASK_ID = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id
-NUM_SPECIAL_TOKENS = 5  # a trained SentencePiece model reserves ids 0-4
+SPECIAL = trained_special(VOCAB)  # a trained SentencePiece's ids: the five specials at 0-4
+CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id, 5
+
+
+def vocab(size: int = VOCAB) -> MaskingVocab:
+    return trained_special(size).masking_vocab()
+
+
+def recipe(corpus: Corpus, cfg: PairsConfig, seed: int, word_start: np.ndarray | None = None) -> SampleRecipe:
+    return SampleRecipe(cfg, np.arange(corpus.num_documents), SPECIAL, seed, word_start)
 
 
 def random_corpus(num_docs: int, seed: int = 0) -> Corpus:
@@ -98,11 +105,11 @@ def test_short_seq_prob_makes_shorter_sequences() -> None:
     assert always < 0.8 * never
 
 
-def test_truncate_pair_trims_the_longer_side_to_fit() -> None:
+def test_truncate_random_ends_trims_the_longer_side_to_fit() -> None:
     rng = np.random.default_rng(0)
     a, b = np.arange(100), np.arange(100, 130)
     for _ in range(200):
-        ta, tb = truncate_pair(a, b, 50, rng)
+        ta, tb = truncate_random_ends(a, b, 50, rng)
         assert len(ta) + len(tb) == 50
         assert len(tb) == 25 and len(ta) == 25  # the longer side is cut until they are level
         assert contains(a, ta) and contains(b, tb)
@@ -117,7 +124,7 @@ def test_masking_80_10_10_and_15_percent() -> None:
         body = rng.integers(NUM_SPECIAL_TOKENS, VOCAB, size=length - 3)
         cut = rng.integers(1, length - 4)
         input_ids = np.concatenate([[CLS_ID], body[:cut], [SEP_ID], body[cut:], [SEP_ID]])
-        positions, ids = mask_tokens(input_ids, draws, 0.15, max_predictions, SPECIAL, rng)
+        positions, ids = mask_tokens(input_ids, draws, 0.15, max_predictions, vocab(), rng)
         assert positions.shape == ids.shape == (draws, round(0.15 * (length - 3)))
         for row_pos, row_ids in zip(positions, ids, strict=True):
             assert np.all(np.diff(row_pos) > 0)  # sorted, no repeats
@@ -144,7 +151,7 @@ def test_every_position_equally_likely_to_be_masked() -> None:
     rng = np.random.default_rng(2)
     input_ids = np.concatenate([[CLS_ID], rng.integers(NUM_SPECIAL_TOKENS, VOCAB, 40), [SEP_ID]])
     input_ids = np.concatenate([input_ids, rng.integers(NUM_SPECIAL_TOKENS, VOCAB, 20), [SEP_ID]])
-    positions, _ = mask_tokens(input_ids, 20_000, 0.15, 100, SPECIAL, rng)
+    positions, _ = mask_tokens(input_ids, 20_000, 0.15, 100, vocab(), rng)
     counts = np.bincount(positions.ravel(), minlength=len(input_ids))
     specials = np.isin(input_ids, [CLS_ID, SEP_ID])
     assert counts[specials].sum() == 0
@@ -158,20 +165,20 @@ def test_max_predictions_caps_the_count() -> None:
     input_ids = np.concatenate(
         [[CLS_ID], rng.integers(5, 100, 300), [SEP_ID], rng.integers(5, 100, 200), [SEP_ID]]
     )
-    positions, _ = mask_tokens(input_ids, 3, 0.15, 20, trained_special(100), rng)
+    positions, _ = mask_tokens(input_ids, 3, 0.15, 20, vocab(100), rng)
     assert positions.shape == (3, 20)
 
 
 def test_whole_word_masking_masks_whole_words() -> None:
     rng = np.random.default_rng(8)
-    vocab = 1000
-    word_start = np.zeros(vocab, dtype=bool)
-    word_start[: vocab // 2] = True  # ids < 500 start a word, ids >= 500 continue one
+    size = 1000
+    word_start = np.zeros(size, dtype=bool)
+    word_start[: size // 2] = True  # ids < 500 start a word, ids >= 500 continue one
     partial_words = 0
     for _ in range(500):
-        body = rng.integers(NUM_SPECIAL_TOKENS, vocab, size=100)
+        body = rng.integers(NUM_SPECIAL_TOKENS, size, size=100)
         input_ids = np.concatenate([[CLS_ID], body[:50], [SEP_ID], body[50:], [SEP_ID]])
-        positions, _ = mask_tokens(input_ids, 2, 0.15, 20, trained_special(vocab), rng, word_start)
+        positions, _ = mask_tokens(input_ids, 2, 0.15, 20, vocab(size), rng, word_start)
         assert positions.shape == (2, 15)
         # word id of every position: a new word starts at a word-start piece or after a special token
         starts = word_start[input_ids] | np.isin(np.roll(input_ids, 1), [CLS_ID, SEP_ID])
@@ -189,11 +196,10 @@ def test_whole_word_masking_masks_whole_words() -> None:
 
 def test_document_samples_depend_only_on_seed_and_document() -> None:
     corpus = random_corpus(30, seed=9)
-    pool = np.arange(corpus.num_documents)
     cfg = PairsConfig(max_seq_length=64, dupe_factor=3)
-    first = document_samples(corpus, 7, pool, cfg, SPECIAL, seed=1)
-    again = document_samples(corpus, 7, pool, cfg, SPECIAL, seed=1)
-    other_seed = document_samples(corpus, 7, pool, cfg, SPECIAL, seed=2)
+    first = document_samples(corpus, 7, recipe(corpus, cfg, seed=1))
+    again = document_samples(corpus, 7, recipe(corpus, cfg, seed=1))
+    other_seed = document_samples(corpus, 7, recipe(corpus, cfg, seed=2))
     assert len(first) == len(again) > 0
     for s, t in zip(first, again, strict=True):
         assert s.key == t.key
@@ -224,7 +230,7 @@ def test_mask_batch_treats_each_sequence_on_its_own(whole_words: bool) -> None:
         cut = int(rng.integers(1, length - 4))
         body = rng.integers(NUM_SPECIAL_TOKENS, VOCAB, size=length - 3)
         sequences.append(np.concatenate([[CLS_ID], body[:cut], [SEP_ID], body[cut:], [SEP_ID]]))
-    masks = mask_batch(sequences, 3, 0.15, 12, SPECIAL, rng, word_start)
+    masks = mask_batch(sequences, 3, 0.15, 12, vocab(), rng, word_start)
     assert len(masks) == len(sequences)
     for seq, (positions, ids) in zip(sequences, masks, strict=True):
         expected = min(12, max(1, round(0.15 * (len(seq) - 3))))
@@ -240,13 +246,10 @@ def test_mask_batch_treats_each_sequence_on_its_own(whole_words: bool) -> None:
 def test_a_range_builds_exactly_its_documents_one_by_one(whole_words: bool) -> None:
     """Vectorising over a range of documents changes no draw: each document keeps its own generator."""
     corpus = random_corpus(25, seed=4)
-    pool = np.arange(corpus.num_documents)
     cfg = PairsConfig(max_seq_length=48, dupe_factor=4, whole_word_masking=whole_words)
-    word_start = np.arange(VOCAB) % 3 != 0
-    together = range_samples(corpus, 3, 25, pool, cfg, SPECIAL, 7, word_start).to_samples()
-    one_by_one = [
-        s for d in range(3, 25) for s in document_samples(corpus, d, pool, cfg, SPECIAL, 7, word_start)
-    ]
+    build = recipe(corpus, cfg, 7, word_start=np.arange(VOCAB) % 3 != 0)
+    together = range_samples(corpus, 3, 25, build).to_samples()
+    one_by_one = [s for d in range(3, 25) for s in document_samples(corpus, d, build)]
     assert len(together) == len(one_by_one) > 100
     for s, t in zip(together, one_by_one, strict=True):
         assert s.key == t.key and s.next_sentence_label == t.next_sentence_label

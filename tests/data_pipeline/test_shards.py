@@ -101,3 +101,26 @@ def test_vectorised_records_equal_tarfile(tmp_path: Path) -> None:
     both = SampleBatch.concatenate([batch, SampleBatch.from_samples(samples[:2], [0, 1])])
     assert len(both) == len(samples) + 2
     assert bytes(both.records(len(samples) + 1)) == bytes(batch.records(1))
+
+
+def test_webdataset_reads_our_shards_unchanged(tmp_path: Path) -> None:
+    """The shards are plain WebDataset: the library sees every sample, arrays equal to our reader's."""
+    wds = pytest.importorskip("webdataset")
+    rng = np.random.default_rng(4)
+    samples = [make_sample(f"d{i:09d}p{i % 2:05d}", int(rng.integers(8, 200)), rng) for i in range(9)]
+    batch = SampleBatch.from_samples(samples, list(range(9)))
+    plans, _ = plan_shards(rng.permutation(9), 4, "pad", "train")  # the last shard pads with repeats
+    paths = [tmp_path / f"train-{i:06d}.tar" for i in range(len(plans))]
+    for path, plan in zip(paths, plans, strict=True):
+        write_shard(path, batch, plan)
+    ours = [s for p in paths for s in read_shard(p)]
+    theirs = list(wds.WebDataset([str(p) for p in paths], shardshuffle=False).decode())
+    assert len(theirs) == len(ours) == 12
+    for got, want in zip(theirs, ours, strict=True):
+        assert got["__key__"] == want.key
+        assert set(got) - {"__key__", "__url__", "__local_path__"} == set(encode_sample(want))
+        for name in ("input_ids", "token_type_ids", "masked_positions", "masked_ids"):
+            array = got[f"{name}.npy"]
+            assert array.dtype == getattr(want, name).dtype
+            np.testing.assert_array_equal(array, getattr(want, name))
+        assert int(got["next_sentence_label.txt"]) == want.next_sentence_label

@@ -22,7 +22,7 @@ from bertscale.finetune.data import (
     load_tokenizer,
     split_indices,
     train_batches,
-    truncate_pair,
+    truncate_longest_first,
 )
 from bertscale.finetune.readers import SentenceExample, TaggedExample
 
@@ -78,9 +78,9 @@ def test_encode_sentence_and_pair(tokenizer_path):
 
 
 def test_truncate_pair_longest_first():
-    assert truncate_pair([1, 2, 3, 4, 5], [6, 7], 4) == ([1, 2], [6, 7])
-    assert truncate_pair([1, 2], [3, 4, 5, 6], 4) == ([1, 2], [3, 4])
-    assert truncate_pair([1, 2, 3], [4, 5, 6], 4) == ([1, 2], [4, 5])
+    assert truncate_longest_first([1, 2, 3, 4, 5], [6, 7], 4) == ([1, 2], [6, 7])
+    assert truncate_longest_first([1, 2], [3, 4, 5, 6], 4) == ([1, 2], [3, 4])
+    assert truncate_longest_first([1, 2, 3], [4, 5, 6], 4) == ([1, 2], [4, 5])
 
 
 def test_split_is_deterministic_disjoint_and_sized():

@@ -59,7 +59,9 @@ def test_ds_config_is_generated_and_user_sections_override(tmp_path):
     ("override", "message"),
     [
         ("data.micro_batch_size=0", "micro_batch_size must be >= 1"),
-        ("data.mlm_probability=1.5", "mlm_probability must be in"),
+        ("data.masked_lm_prob=1.5", "masked_lm_prob must be in"),
+        ("data.max_predictions_per_seq=0", "max_predictions_per_seq must be >= 1"),
+        ("data.mlm_probability=0.2", "unknown key 'data.mlm_probability'"),  # one name: the pipeline's
         ("engine.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
         ("engine.precision=fp8", "must be one of"),
         ("max_steps=0", "max_steps and metrics.log_every must be >= 1"),

@@ -25,8 +25,7 @@ from bertscale.pretrain.data import (
 
 VOCAB_SIZE = 96  # of the synthetic shards (conftest)
 SPECIAL = trained_special(VOCAB_SIZE)
-CLS_ID, SEP_ID, MASK_ID = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id
-NUM_SPECIAL_TOKENS = 5
+CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id, 5
 
 
 def take(reader: PretrainBatches, n: int) -> list[dict[str, torch.Tensor]]:
@@ -131,10 +130,11 @@ def test_static_masking_uses_one_draw_per_epoch(make_sample):
 def test_dynamic_masking_statistics(make_sample):
     """15% of non-special tokens are chosen; of those 80% [MASK], 10% random, 10% unchanged."""
     rng = np.random.default_rng(0)
+    vocab = SPECIAL.masking_vocab()
     chosen = total = masked = randomised = kept = 0
     for i in range(3000):
         sample = make_sample(rng, f"s{i}", max_len=64)
-        ids, labels = mask_dynamic(sample, rng, SPECIAL, 0.15)
+        ids, labels = mask_dynamic(sample, rng, vocab, 0.15)
         original = sample.input_ids
         special = (original == CLS_ID) | (original == SEP_ID)
         positions = np.flatnonzero(labels != IGNORE_INDEX)

@@ -5,6 +5,7 @@ Runs are tiny (2 layers, hidden 64, micro batch 8, <= 16 steps); most of their t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -16,8 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bertscale.config import load_config
 from bertscale.model import BertForPreTraining
 from bertscale.model_dir import load_pretrained
+from bertscale.pretrain.config import PretrainConfig
+from bertscale.pretrain.data import PretrainBatches
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -250,3 +254,18 @@ def test_zero3_two_ranks_match_single_process(single_process_losses, tiny_shards
 def test_zero_two_ranks_match_single_process(stage, single_process_losses, tiny_shards, tmp_path):
     zero = _parity_run(tiny_shards, tmp_path / f"z{stage}", f"engine.zero_stage={stage}", ranks=2)
     _assert_parity(single_process_losses, zero)
+
+
+def test_checkpoint_between_logs_counts_every_token(synthetic_shards, tmp_path):
+    """A checkpoint at a step that was not logged records the tokens of every step up to it."""
+    out = tmp_path / "run"
+    steps = ("max_steps=4", "checkpoint.save_every=2", "checkpoint.keep_last=0", "metrics.log_every=3")
+    check(pretrain(synthetic_shards, out, *steps, "eval.every=0", ranks=1))
+    cfg = load_config(PretrainConfig, out / "config.yaml")
+    reader = PretrainBatches(
+        synthetic_shards, cfg.data.split, micro_batch_size=cfg.data.micro_batch_size, seed=cfg.seed
+    )
+    per_step = [int(batch["attention_mask"].sum()) for batch in itertools.islice(iter(reader), 4)]
+    for step in (2, 4):  # step 2 was not logged (log_every=3); step 4 was (the last step)
+        state = json.loads((out / "checkpoints" / f"step_{step:08d}" / "trainer_state.json").read_text())
+        assert state["tokens"] == sum(per_step[:step]), (step, state["tokens"], per_step)
