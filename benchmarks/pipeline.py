@@ -1,29 +1,36 @@
-"""Data pipeline throughput: tokens/s vs raw SentencePiece encoding on the same cores, and scaling.
+"""Data pipeline at cluster scale: the driver's share, worker scaling, driver memory, and a projection.
 
-    python benchmarks/pipeline.py [--copies 3] [--workers 1 2] [--repeats 3]
+    python benchmarks/pipeline.py [--copies 2] [--rss-copies 1 8] [--repeats 2] [--plain] [--dedup] [--cpu-ratio]
 
-Same text, same tokenizer model, same cores for both sides of every ratio. Two measurements:
+The wiki dump copies are multistream dumps (``--plain``: single-stream, as the demo ships it, read
+by one task that streams pages on to cleaning tasks). Every measured run is a fresh process (so
+peak RSS is its own) on a private local Ray with W CPUs:
 
-1. HEADLINE - single core, CPU time (``time.process_time``): the stage functions the Ray tasks run
-   (encode → pairs + masks → shard writing), in this process, against ``sp.encode`` of the same
-   sentences on one thread. CPU time barely moves with other load on a shared host, so this ratio
-   is the pipeline's intrinsic cost per token relative to tokenization. Best of ``--repeats``.
-2. Wall clock - the real pipeline (real Ray, ``num_workers`` = W on a W-CPU local Ray), runs
-   interleaved W = 1, 2, 1, 2, ... ``--repeats`` times, best run per W. Reported: post-parse
-   tokens/s (encode + pairs/masks + write) vs raw SentencePiece on W threads, end-to-end tokens/s
-   (adding wikitext/book parsing), and 2-vs-1 worker scaling of the CPU-bound parallel stages
-   (encode + pairs/masks; the driver's shard writing is serial by design). Wall clock needs idle
-   cores: the load average is printed with every run, so a poor figure on a busy host is visible
-   as such.
+1. Driver share of CPU time: the driver's process CPU time during ``run_pipeline`` (its Ray
+   threads included) against that plus the CPU time of every Ray worker process it started
+   (psutil, before shutdown). Goal <= 2%.
+2. Scaling: the demo corpus x ``--copies`` with a given tokenizer, W = 1, 2, 1, 2, ... interleaved,
+   best run per W, end to end (read → shards) and per stage. Goal >= 1.8x. Wall clock needs idle
+   cores: the load average is printed with every run.
+3. Driver peak RSS (``ru_maxrss``) with the tokenizer trained by the pipeline, at 1x and 8x the demo
+   corpus. Goal: equal within 10%.
+4. Amdahl projection for English Wikipedia + books (BERT's corpus: 2,500M + 800M words) on
+   8/64/256 workers, from the per-stage seconds per token measured at W = 1 and the serial parts
+   (tokenizer training on its capped sample, the corpus join, the plan, the driver).
 
-Ray start-up and tokenizer training (one-off, single-threaded; trained once here and reused)
-are excluded. Goals: ratio >= 0.5; 2-vs-1 worker scaling >= 1.7x.
+``--dedup`` adds a run with exact + near-duplicate removal on (its cost and what it found).
+``--cpu-ratio`` adds the single-core CPU-time ratio of the post-parse stage functions against raw
+SentencePiece encoding (the previous headline of this benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,34 +40,43 @@ from typing import Any
 
 import numpy as np
 
-from bertscale.config import load_config
+from bertscale.config import load_config, save_config
 from bertscale.data_pipeline.__main__ import DEMO_CONFIG
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import Corpus, SampleRecipe
-from bertscale.data_pipeline.run import build_samples, encode_documents, run_pipeline
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, load_manifest
+from bertscale.data_pipeline.multistream import write_multistream
+from bertscale.data_pipeline.schema import TOKENIZER_NAME
 from bertscale.data_pipeline.shards import plan_shards, write_split
 from bertscale.data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
+from bertscale.data_pipeline.stages import build_samples, encode_documents
 from bertscale.data_pipeline.tokenizer import processor, special_tokens, word_start_table
 
 POST_PARSE = ("encode", "pairs", "write")
 
 
-def corpus_copies(work: Path, copies: int) -> tuple[list[str], list[str]]:
-    """The demo inputs linked ``copies`` times under distinct names (each copy is its own documents)."""
+def corpus_copies(work: Path, copies: int, multistream: bool) -> list[dict[str, list[str]]]:
+    """The demo's file inputs (wiki dumps, books, one-document-per-line files; not its R packages)
+    ``copies`` times under distinct names, each copy its own documents → per copy {input kind:
+    paths}. With ``multistream`` each wiki dump is rewritten as a multistream dump of 10 pages per
+    stream (how Wikimedia ships full Wikipedia, 100 per stream there), so tasks read byte ranges."""
     demo = load_config(PipelineConfig, DEMO_CONFIG)
-    wiki, books = [], []
-    for kind, specs, out in (("wiki", demo.inputs.wiki, wiki), ("books", demo.inputs.books, books)):
-        files, missing = expand_inputs(specs)
+    out: list[dict[str, list[str]]] = [{} for _ in range(copies)]
+    for kind in ("wiki", "books", "line_documents"):
+        files, missing = expand_inputs(getattr(demo.inputs, kind))
         if missing:
             raise SystemExit(f"demo corpus missing ({missing}); pip install 'bertscale[corpora]'")
         for c in range(copies):
+            target = work / kind / f"copy{c}"
+            target.mkdir(parents=True, exist_ok=True)
+            out[c][kind] = []
             for f in files:
-                link = work / kind / f"copy{c}-{Path(f).name}"
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(f)
-                out.append(str(link))
-    return wiki, books
+                if kind == "wiki" and multistream:
+                    xml = bz2.decompress(Path(f).read_bytes())
+                    out[c][kind].append(str(write_multistream(xml, target, 10, Path(f).name.split(".")[0])))
+                else:
+                    (target / Path(f).name).symlink_to(f)
+                    out[c][kind].append(str(target / Path(f).name))
+    return out
 
 
 def documents_of(wiki: list[str], books: list[str], min_chars: int) -> list[list[str]]:
@@ -119,62 +135,177 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
+DRIVER = """
+import json, resource, sys, time
+import psutil, ray
+from bertscale.config import load_config, save_config
+from bertscale.data_pipeline.config import PipelineConfig
+from bertscale.data_pipeline.run import run_pipeline
+from bertscale.data_pipeline.schema import load_manifest
+
+cfg = load_config(PipelineConfig, sys.argv[1])
+for attempt in range(3):  # on a crowded host the raylet may miss Ray's 30 s start-up window
+    try:
+        ray.init(num_cpus=cfg.num_workers, include_dashboard=False, logging_level="WARNING")
+        break
+    except Exception:
+        if attempt == 2:
+            raise
+        time.sleep(10)
+timings = {}
+cpu, wall = time.process_time(), time.perf_counter()
+run_pipeline(cfg, timings)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+workers = 0.0
+for child in psutil.Process().children(recursive=True):  # raylet, gcs, and the workers under them
+    try:
+        if " ".join(child.cmdline()).startswith("ray::"):  # Ray's worker processes name themselves so
+            times = child.cpu_times()
+            workers += times.user + times.system
+    except psutil.Error:
+        pass
+ray.shutdown()
+inputs = load_manifest(cfg.output_dir).inputs
+print(json.dumps({"timings": timings, "driver_cpu": cpu, "worker_cpu": workers, "wall": wall,
+    "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "inputs": inputs}))
+"""
+
+PARALLEL = ("read_clean", "dedup", "encode", "pairs", "shards")  # tasks spread over the workers
+SERIAL = ("tokenizer", "join", "plan", "write")  # one task, or the driver
+FULL_WORDS = 3_300e6  # English Wikipedia 2,500M + BooksCorpus 800M words (BERT paper)
+TOKENS_PER_WORD = 1.3  # SentencePiece/WordPiece on English prose, roughly
+
+
+def measure(
+    work: Path,
+    name: str,
+    copies: list[dict[str, list[str]]],
+    workers: int,
+    model: Path | None,
+    *overrides: str,
+) -> dict:
+    """One pipeline run over ``copies`` in a fresh process → its timings, CPU split, peak RSS and
+    manifest inputs."""
+    cfg = load_config(PipelineConfig, DEMO_CONFIG, [f"num_workers={workers}", "progress=false", *overrides])
+    cfg.output_dir, cfg.inputs.r_datasets = str(work / name), []
+    for kind in copies[0]:
+        setattr(cfg.inputs, kind, [path for copy in copies for path in copy[kind]])
+    cfg.tokenizer.model_path = str(model) if model else None
+    save_config(cfg, work / f"{name}.yaml")
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(work / f"{name}.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: pipeline failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def amdahl(one: dict, trained: dict, cap: int) -> None:
+    """Projection: T(N) = serial + parallel / N from the W=1 run's seconds per token."""
+    t, tokens = one["timings"], one["inputs"]["tokens"]
+    scale = FULL_WORDS * TOKENS_PER_WORD / tokens
+    parallel = sum(t.get(k, 0.0) for k in PARALLEL) * scale
+    sentences = trained["inputs"]["sentences"]
+    tokenizer = trained["timings"]["tokenizer"] * min(sentences * scale, cap) / sentences  # capped sample
+    linear_serial = sum(t[k] for k in ("join", "plan", "write")) * scale
+    per_task = one["driver_cpu"] / (len(PARALLEL) * 4)  # driver CPU per scheduled task (4 tasks/worker/stage)
+    print(
+        f"\nAmdahl projection, English Wikipedia + books ({FULL_WORDS / 1e6:,.0f}M words x {TOKENS_PER_WORD}"
+        f" = {FULL_WORDS * TOKENS_PER_WORD / 1e9:.1f}B tokens, {scale:,.0f}x the measured corpus):"
+    )
+    print(f"  parallel work {parallel / 3600:,.1f} CPU-hours; serial: tokenizer on its capped sample")
+    print(f"  {tokenizer / 60:,.1f} min, corpus join + plan + manifest {linear_serial / 60:,.1f} min, driver")
+    print(f"  {per_task * 1000:.0f} ms CPU per task (x 4 tasks per worker per stage)")
+    print(f"  {'workers':>8} {'hours':>8} {'speedup':>8} {'efficiency':>10} {'serial share':>12}")
+    for n in (1, 8, 64, 256):
+        serial = tokenizer + linear_serial + per_task * len(PARALLEL) * 4 * n
+        total = serial + parallel / n
+        base = tokenizer + linear_serial + per_task * len(PARALLEL) * 4 + parallel
+        print(
+            f"  {n:>8} {total / 3600:>8.2f} {base / total:>7.1f}x {base / total / n:>9.0%} {serial / total:>11.0%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--copies", type=int, default=3, help="demo corpus repeats (more = steadier numbers)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best one counts")
+    parser.add_argument("--copies", type=int, default=2, help="demo corpus repeats for the scaling runs")
+    parser.add_argument("--rss-copies", type=int, nargs=2, default=[1, 8], help="corpus sizes for driver RSS")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per W; the best one counts")
+    parser.add_argument("--cpu-ratio", action="store_true", help="also the single-core CPU ratio vs raw spm")
+    parser.add_argument("--plain", action="store_true", help="the demo dumps as shipped (one bz2 stream)")
+    parser.add_argument(
+        "--dedup", action="store_true", help="also one run with dedup.exact and dedup.near on"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bertscale-bench-") as tmp:
         work = Path(tmp)
-        wiki, books = corpus_copies(work, args.copies)
+        corpus = corpus_copies(work, max(args.copies, *args.rss_copies), not args.plain)
+        kind = "single-stream" if args.plain else "multistream (10 pages per stream)"
+        print(f"host has {os.cpu_count()} CPUs, load average {load()} at start; wiki dumps {kind}")
 
-        # tokenizer: trained once (not timed), then reused by every timed run
-        warm = load_config(PipelineConfig, DEMO_CONFIG, [f"output_dir={work / 'warm'}", "progress=false"])
-        run_pipeline(warm)
-        model_path = work / "warm" / TOKENIZER_NAME
-        model = model_path.read_bytes()
-        documents = documents_of(wiki[:1], books[:1], warm.inputs.min_sentence_chars) * args.copies
-        sentences = [s for doc in documents for s in doc]
-        print(f"corpus: demo x{args.copies}; host has {os.cpu_count()} CPUs, load average {load()} at start")
-
-        best: dict[int, dict[str, float]] = {}
-        tokens = 0
-        for r in range(args.repeats):
-            for w in args.workers:  # interleaved, so a burst of outside load hits every W alike
-                cfg = load_config(PipelineConfig, DEMO_CONFIG, [f"num_workers={w}", "progress=false"])
-                cfg.output_dir, cfg.tokenizer.model_path = str(work / f"w{w}-{r}"), str(model_path)
-                cfg.inputs.wiki, cfg.inputs.books = wiki, books
-                timings: dict[str, float] = {}
-                run_pipeline(cfg, timings)
-                tokens = load_manifest(cfg.output_dir).inputs["tokens"]
-                timings["parallel"] = timings["encode"] + timings["pairs"]
-                timings["post"] = sum(timings[k] for k in POST_PARSE)
-                timings["e2e"] = timings["post"] + timings["read_clean"]
-                stages = ", ".join(f"{k} {timings[k]:.2f}s" for k in ("read_clean", *POST_PARSE))
-                print(f"  run {r + 1}/{args.repeats} W={w}: {stages}; load average {load()}")
-                best[w] = {k: min(v, best.get(w, {}).get(k, float("inf"))) for k, v in timings.items()}
-
-        print(
-            f"\nwall clock, best of {args.repeats} per W (stage minima taken separately), {tokens:,} tokens:"
-        )
-        header = ("W", "encode", "pairs", "write", "parse", "pipeline tok/s", "end-to-end tok/s")
-        print("{:>2} {:>7} {:>7} {:>7} {:>7} {:>15} {:>17}  raw spm tok/s  ratio".format(*header))
-        for w, t in best.items():
-            post, e2e = tokens / t["post"], tokens / t["e2e"]
-            raw = raw_encode_tokens_per_s(model, sentences, w)
-            stages = " ".join(f"{t[k]:>6.2f}s" for k in (*POST_PARSE, "read_clean"))
-            print(f"{w:>2} {stages} {post:>15,.0f} {e2e:>17,.0f} {raw:>14,.0f}  {post / raw:.2f}")
-        if 1 in best and 2 in best:
-            parallel, post, e2e = (best[1][k] / best[2][k] for k in ("parallel", "post", "e2e"))
+        # 3. driver peak RSS, the tokenizer trained by the pipeline (W=2)
+        rss = {}
+        for c in args.rss_copies:
+            rss[c] = measure(work, f"rss{c}", corpus[:c], 2, None)
+            r = rss[c]
             print(
-                f"scaling 2 vs 1 worker: CPU-bound stages (encode + pairs) {parallel:.2f}x (goal 1.7x); "
-                f"post-parse incl. serial write {post:.2f}x, end-to-end {e2e:.2f}x"
+                f"  demo x{c}: {r['inputs']['tokens']:,} tokens, driver peak RSS {r['max_rss'] / 2**20:.0f} MiB,"
+                f" wall {r['wall']:.1f}s (tokenizer {r['timings']['tokenizer']:.1f}s); load average {load()}"
             )
-        print(f"load average after the wall-clock runs: {load()} on {os.cpu_count()} CPUs")
+        small, big = (rss[c]["max_rss"] for c in args.rss_copies)
+        print(
+            f"driver peak RSS x{args.rss_copies[0]} → x{args.rss_copies[1]}: {small / 2**20:.0f} → {big / 2**20:.0f} MiB"
+            f" ({big / small - 1:+.1%}; goal within 10%)"
+        )
+        model = work / f"rss{args.rss_copies[0]}" / TOKENIZER_NAME
 
-        single_core_cpu(model, documents, warm, work / "cpu", args.repeats)
+        # 1 + 2. driver share and scaling, W interleaved, a given tokenizer
+        best: dict[int, dict] = {}
+        for r in range(args.repeats):
+            for w in (1, 2):
+                run = measure(work, f"w{w}-{r}", corpus[: args.copies], w, model)
+                stages = ", ".join(f"{k} {v:.2f}s" for k, v in run["timings"].items())
+                share = run["driver_cpu"] / (run["driver_cpu"] + run["worker_cpu"])
+                print(
+                    f"  run {r + 1} W={w}: wall {run['wall']:.1f}s ({stages}); driver {share:.1%} of CPU;"
+                    f" load average {load()}"
+                )
+                if w not in best or run["wall"] < best[w]["wall"]:
+                    best[w] = run
+        for w, run in best.items():
+            share = run["driver_cpu"] / (run["driver_cpu"] + run["worker_cpu"])
+            print(
+                f"W={w} best: wall {run['wall']:.1f}s; driver CPU {run['driver_cpu']:.2f}s of"
+                f" {run['driver_cpu'] + run['worker_cpu']:.1f}s = {share:.1%} (goal <= 2%)"
+            )
+        one, two = best[1], best[2]
+        parallel = sum(one["timings"].get(k, 0) for k in PARALLEL) / sum(
+            two["timings"].get(k, 0) for k in PARALLEL
+        )
+        print(
+            f"scaling 2 vs 1 worker (demo x{args.copies}, given tokenizer): end to end {one['wall'] / two['wall']:.2f}x"
+            f" (goal 1.8x), parallel stages {parallel:.2f}x; load average {load()} on {os.cpu_count()} CPUs"
+        )
+        cap = load_config(PipelineConfig, DEMO_CONFIG).tokenizer.input_sentence_size
+        amdahl(one, rss[args.rss_copies[0]], cap)
+
+        if args.dedup:  # what exact + near-duplicate removal costs, and what it finds, on this corpus
+            run = measure(work, "dedup", corpus[:1], 2, model, "dedup.exact=true", "dedup.near=true")
+            found = run["inputs"]["exact_duplicates"] + run["inputs"]["near_duplicates"]
+            print(
+                f"dedup on demo x1 (W=2): {run['timings']['dedup']:.1f}s of {run['wall']:.1f}s wall;"
+                f" {found} of {run['inputs']['documents'] + found} documents dropped"
+                f" ({run['inputs']['exact_duplicates']} exact, {run['inputs']['near_duplicates']} near)"
+            )
+
+        if args.cpu_ratio:
+            warm = load_config(PipelineConfig, DEMO_CONFIG)
+            documents = documents_of(corpus[0]["wiki"], corpus[0]["books"], warm.inputs.min_sentence_chars)
+            single_core_cpu(model.read_bytes(), documents, warm, work / "cpu", args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Typed configs: dataclass defaults < YAML file < ``key=value`` overrides; unknown keys rejected.
 
 Every job (pipeline, pretrain, finetune) describes its settings as one tree of dataclasses and
-loads it with :func:`load_config`. Values are checked against the type hints, so a typo or a
-wrong type fails at start-up with a message naming the file and the key, not an hour in.
+loads it with :func:`load_config`. Values are checked against the type hints and against the
+class's ``RANGES`` (``{"lr": "(0, inf)", "dropout": "[0, 1)"}``), so a typo, a wrong type or an
+out-of-range number fails at start-up with a message naming the file and the key, not an hour in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +21,7 @@ import yaml
 
 from bertscale.atomic import atomic_write_text
 from bertscale.errors import ConfigError
+from bertscale.secrets import redact
 
 T = TypeVar("T")
 
@@ -67,20 +70,64 @@ def from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config", _
             hint = difflib.get_close_matches(str(key), fields, n=1)
             suggestion = f" (did you mean '{_prefix}{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{source}: unknown key '{_prefix}{key}'{suggestion}")
+        factory = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and factory is not dataclasses.MISSING:
+            value = _merged(_init_values(factory()), value)  # a section's own defaults stay
         kwargs[key] = _coerce(hints[key], value, source, f"{_prefix}{key}")
     for name, field in fields.items():
         nested = dataclasses.is_dataclass(hints[name])
         if name not in kwargs and nested and field.default_factory is dataclasses.MISSING:
             kwargs[name] = from_dict(hints[name], {}, source, f"{_prefix}{name}.")
+    for name, interval in getattr(cls, "RANGES", {}).items():  # before __post_init__ uses them
+        value = kwargs.get(name, getattr(fields[name], "default", None))
+        _check_range(value, interval, source, f"{_prefix}{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {_prefix.rstrip('.') or cls.__name__}: {err}") from None
 
 
+def _init_values(obj: Any) -> dict[str, Any]:
+    """The constructor arguments of a dataclass instance, nested sections as dicts."""
+    return {
+        f.name: _init_values(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else _plain(v)
+        for f in dataclasses.fields(obj)
+        if f.init
+    }
+
+
+def _merged(defaults: dict[str, Any], given: Any) -> Any:
+    if not isinstance(given, Mapping):
+        return given  # from_dict reports it
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+def in_range(value: Any, interval: str) -> bool:
+    """``interval`` like ``"[0, 1)"`` or ``"(0, inf)"``; None (an unset optional value) is in
+    range; a number must be finite; a tuple (e.g. Adam's betas) is checked item by item."""
+    if value is None or value is dataclasses.MISSING:
+        return True
+    if isinstance(value, list | tuple):
+        return all(in_range(item, interval) for item in value)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    above = lo < value if interval[0] == "(" else lo <= value
+    return above and (value < hi if interval[-1] == ")" else value <= hi)
+
+
+def _check_range(value: Any, interval: str, source: str, key: str) -> None:
+    if not in_range(value, interval):
+        raise ConfigError(f"{source}: '{key}' must be in {interval}, got {value!r}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain (YAML-serialisable) dict of a config tree."""
-    return _plain(dataclasses.asdict(cfg))
+    """Plain (YAML-serialisable) dict of a config tree, with URI credentials masked: it is what
+    every job saves (config.yaml, manifest.json) and logs to MLflow."""
+    return redact(_plain(dataclasses.asdict(cfg)))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -102,7 +149,9 @@ def describe(cls: type, _prefix: str = "") -> list[str]:
             default = f.default_factory()
         else:
             default = "<required>"
-        lines.append(f"{_prefix}{f.name}: {_type_name(tp)} = {_plain(default)!r}")
+        interval = getattr(cls, "RANGES", {}).get(f.name)
+        bounds = f"  in {interval}" if interval else ""
+        lines.append(f"{_prefix}{f.name}: {_type_name(tp)} = {_plain(default)!r}{bounds}")
     return lines
 
 

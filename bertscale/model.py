@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bertscale.config import in_range
 from bertscale.errors import ConfigError
 from bertscale.masking import IGNORE_INDEX  # label of positions the MLM loss skips
 
@@ -66,7 +67,22 @@ class BertConfig:
     gradient_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
     unpad: bool = True  # run position-wise ops on real tokens only (see module docstring)
 
+    RANGES: ClassVar[dict[str, str]] = {  # checked here (transformers' config.json too) and by bertscale.config at load
+        **dict.fromkeys(
+            ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+            "[1, inf)",
+        ),
+        **dict.fromkeys(("max_position_embeddings", "type_vocab_size"), "[1, inf)"),
+        **dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob"), "[0, 1)"),
+        "initializer_range": "[0, inf)",
+        "layer_norm_eps": "(0, inf)",
+        "pad_token_id": "[0, inf)",
+    }
+
     def __post_init__(self) -> None:
+        for name, interval in self.RANGES.items():
+            if not in_range(getattr(self, name), interval):
+                raise ValueError(f"{name} must be in {interval}, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -74,9 +90,6 @@ class BertConfig:
             )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A transformers ``config.json`` for ``BertForPreTraining``."""

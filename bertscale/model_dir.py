@@ -34,7 +34,7 @@ import json
 import pickle
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,10 +142,12 @@ def save_model_dir(
     state_dict: Mapping[str, torch.Tensor],
     tokenizer: Tokenizer | None = None,
     config_name: str = CONFIG,
+    owned: Callable[[str], bool] | None = None,
 ) -> Path:
-    """:func:`write_model_dir` into ``out``, atomically (an existing ``out`` is replaced)."""
+    """:func:`write_model_dir` into ``out``, atomically: an existing ``out`` is replaced, or with
+    ``owned`` (a user's directory) only the files it claims are (see ``atomic_directory``)."""
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, owned) as tmp:
         write_model_dir(tmp, config, state_dict, tokenizer, config_name)
     return out
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything, then run the embedded default end to end on CPU:
-#   real shipped corpus (Wikipedia dump + a book) → Ray pipeline → DeepSpeed pretraining (2 CPU ranks, gloo)
+#   real shipped corpus (Wikipedia dump, news, books) → Ray pipeline → DeepSpeed pretraining (2 CPU ranks, gloo)
 #   → fine-tuning (sentence classification + NER) → every run in one MLflow store.
 # Outputs go to ./.demo (override with DEMO_DIR=...). Extra key=value arguments go to the pretrain job.
 set -euo pipefail
@@ -16,8 +16,8 @@ TRACKING="sqlite:///$DEMO_DIR/mlflow.db"
 START=$(date +%s)
 step() { printf '\n=== [%3ds] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
-step "1/4 data pipeline (Ray): Wikipedia dump + Hamlet -> WebDataset shards"
-python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards"
+step "1/4 data pipeline (Ray): Wikipedia dump, news, Hamlet, Austen, Moby Dick -> WebDataset shards"
+python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards" overwrite=true
 
 step "2/4 pretraining (deepspeed launcher, 2 CPU ranks, ZeRO-1)"
 deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --module bertscale.pretrain \
@@ -26,11 +26,11 @@ deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --modu
 
 step "3/4 fine-tuning: sentiment (Rotten Tomatoes) from the pretrained checkpoint"
 python -m bertscale.finetune --config bertscale/finetune/configs/sentiment.yaml model.checkpoint="$DEMO_DIR/pretrain" \
-  output_dir="$DEMO_DIR/finetune/sentiment" mlflow.tracking_uri="$TRACKING"
+  output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true mlflow.tracking_uri="$TRACKING"
 
 step "4/4 fine-tuning: named entities (BIO tweets) from the pretrained checkpoint"
 python -m bertscale.finetune --config bertscale/finetune/configs/ner.yaml model.checkpoint="$DEMO_DIR/pretrain" \
-  output_dir="$DEMO_DIR/finetune/ner" mlflow.tracking_uri="$TRACKING"
+  output_dir="$DEMO_DIR/finetune/ner" overwrite=true mlflow.tracking_uri="$TRACKING"
 
 # --- the public-checkpoint path (DEMO_PUBLIC=0 skips it): a real published encoder, continued briefly
 # on the same corpus with its own WordPiece tokenizer, then fine-tuned like the tiny model above.

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from bertscale.data_pipeline.schema import MAX_SEQ_LENGTH, SPECIAL_TOKENS
 
 
 @dataclass
 class InputsConfig:
+    RANGES: ClassVar[dict[str, str]] = {"max_documents": "[1, inf)", "min_sentence_chars": "[0, inf)"}
+
     # Paths or globs; ``pkg://gensim/test/test_data/x.bz2`` resolves inside an installed package.
     wiki: list[str] = field(default_factory=list)  # pages-articles dumps, .xml or .xml.bz2
     books: list[str] = field(default_factory=list)  # UTF-8 .txt files, one book per file
+    line_documents: list[str] = field(default_factory=list)  # UTF-8 text, one document per line
+    r_datasets: list[str] = field(default_factory=list)  # PACKAGE[/NAME]: books in R data packages
     # users' own corpora (each file may be .gz/.bz2/.zst compressed; bad records skipped and counted)
     jsonl: list[str] = field(default_factory=list)  # JSON Lines, one document per line (text at text_field)
     parquet: list[str] = field(default_factory=list)  # Parquet, one document per row (text in text_field)
@@ -22,6 +28,13 @@ class InputsConfig:
 
 @dataclass
 class TokenizerConfig:
+    # ids are stored as int32; SentencePiece needs room beyond the special tokens
+    RANGES: ClassVar[dict[str, str]] = {
+        "vocab_size": f"[{len(SPECIAL_TOKENS) + 3}, {2**31}]",
+        "character_coverage": "(0, 1]",
+        "input_sentence_size": "[1, inf)",
+    }
+
     # use this tokenizer instead of training a SentencePiece one: a SentencePiece .model, a
     # tokenizer.json, or a HuggingFace tokenizer directory (tokenizer.json and/or WordPiece vocab.txt)
     model_path: str | None = None
@@ -33,6 +46,15 @@ class TokenizerConfig:
 
 @dataclass
 class PairsConfig:
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_seq_length": f"[8, {MAX_SEQ_LENGTH}]",  # what the shard dtypes hold
+        "short_seq_prob": "[0, 1]",
+        "dupe_factor": "[1, inf)",
+        "masked_lm_prob": "(0, 1)",
+        "max_predictions_per_seq": "[1, inf)",
+        "random_doc_pool": "[1, inf)",
+    }
+
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     dupe_factor: int = 5  # static mask draws per pair (rows of masked_positions)
@@ -41,28 +63,14 @@ class PairsConfig:
     whole_word_masking: bool = False
     random_doc_pool: int = 100_000  # documents eligible as the source of a random B (seeded sample)
 
-    def __post_init__(self) -> None:
-        if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.dupe_factor < 1 or self.max_predictions_per_seq < 1:
-            raise ValueError("dupe_factor and max_predictions_per_seq must be >= 1")
-
 
 @dataclass
 class SplitConfig:
+    RANGES: ClassVar[dict[str, str]] = {"validation_fraction": "[0, 1)", "samples_per_shard": "[1, inf)"}
+
     validation_fraction: float = 0.05  # of documents (a document never straddles splits)
     samples_per_shard: int = 1000
     remainder: Literal["drop", "pad"] = "drop"  # the last partial shard: dropped, or padded by repeats
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
 
 
 @dataclass
@@ -88,8 +96,11 @@ class DedupConfig:
 
 @dataclass
 class PipelineConfig:
+    RANGES: ClassVar[dict[str, str]] = {"num_workers": "[1, inf)", "seed": "[0, inf)"}
+
     inputs: InputsConfig = field(default_factory=InputsConfig)
     output_dir: str = "data/demo"
+    overwrite: bool = False  # a non-empty output_dir: replace the dataset files in it (others are kept)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

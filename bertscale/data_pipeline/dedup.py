@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -78,16 +77,19 @@ def _later_duplicates(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(later)
 
 
-def collisions(paths: list[Path], bands: Iterable[int], rows: int, exact: bool) -> np.ndarray:
-    """Documents (global index over ``paths``) whose exact hash (``exact``) or a band of the given
-    bands equals that of an earlier document."""
+def collisions(paths: list[Path], first_band: int, last_band: int, rows: int, exact: bool) -> np.ndarray:
+    """Documents (global index over ``paths``) whose exact hash (``exact``) or one of the bands
+    ``first_band..last_band-1`` equals that of an earlier document. Holds only those columns."""
     found = []
-    with_sigs = [np.load(p) for p in paths]
     if exact:
-        found.append(_later_duplicates(np.concatenate([s["exact"] for s in with_sigs])[:, None]))
-    for band in bands:
-        columns = np.concatenate([s["minhash"][:, band * rows : (band + 1) * rows] for s in with_sigs])
-        found.append(_later_duplicates(columns))
+        hashes = np.concatenate([np.zeros(0, np.uint64), *(np.load(p)["exact"] for p in paths)])
+        found.append(_later_duplicates(hashes[:, None]))
+    if last_band > first_band:
+        columns = np.concatenate(
+            [np.load(p)["minhash"][:, first_band * rows : last_band * rows] for p in paths]
+        )
+        for band in range(last_band - first_band):
+            found.append(_later_duplicates(columns[:, band * rows : (band + 1) * rows]))
     return np.unique(np.concatenate([np.zeros(0, np.int64), *found]))
 
 

@@ -11,6 +11,7 @@ dump's header and closed with ``</mediawiki>``, is an XML document of its own, w
 from __future__ import annotations
 
 import bz2
+import html
 import io
 import itertools
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertscale.atomic import atomic_write
 from bertscale.data_pipeline.sources import RawDocument, parse_wiki_pages
 from bertscale.errors import DataError
 
@@ -134,3 +136,30 @@ def range_pages(dump: str, start: int, end: int, header: bytes) -> Iterator[RawD
     """The pages of the streams in ``[start, end)``, as :func:`sources.iter_wiki_pages` gives them."""
     with io.BufferedReader(_RangeReader(dump, start, end, header), READ_CHUNK) as f:
         yield from parse_wiki_pages(f, dump)
+
+
+def write_multistream(xml: bytes, root: Path, pages_per_stream: int = 100, name: str = "enwiki") -> Path:
+    """Wikimedia's multistream layout from a plain dump's XML (in memory: for tests, benchmarks and
+    small dumps): a header stream, streams of ``pages_per_stream`` pages, a closing stream, and the
+    ``offset:page_id:title`` index, as ``root/{name}-pages-articles-multistream.xml.bz2`` and its
+    index. → the dump's path."""
+    first, last = xml.index(b"<page>"), xml.rindex(b"</page>") + len(b"</page>")
+    pages = re.findall(rb"<page>.*?</page>", xml[first:last], flags=re.S)
+    dump = root / f"{name}-pages-articles{DUMP_SUFFIX}"
+    streams = [xml[:first]] + [
+        b"\n  ".join(pages[i : i + pages_per_stream]) + b"\n  " for i in range(0, len(pages), pages_per_stream)
+    ] + [xml[last:]]  # fmt: skip
+    index_lines, offset = [], 0
+    with atomic_write(dump, "wb") as f:
+        for number, stream in enumerate(streams):
+            if 0 < number < len(streams) - 1:
+                for page in re.findall(rb"<page>.*?</page>", stream, flags=re.S):
+                    page_id = re.search(rb"<id>(\d+)</id>", page).group(1).decode()  # type: ignore[union-attr]
+                    title = re.search(rb"<title>(.*?)</title>", page, flags=re.S).group(1)  # type: ignore[union-attr]
+                    index_lines.append(f"{offset}:{page_id}:{html.unescape(title.decode())}\n")
+            packed = bz2.compress(stream)
+            f.write(packed)
+            offset += len(packed)
+    with atomic_write(root / f"{name}-pages-articles{INDEX_SUFFIX}", "wb") as f:
+        f.write(bz2.compress("".join(index_lines).encode("utf-8")))
+    return dump

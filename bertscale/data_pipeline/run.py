@@ -27,14 +27,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from bertscale.atomic import atomic_directory, atomic_write
+from bertscale.atomic import atomic_directory, atomic_write, prepare_output_dir
 from bertscale.config import to_dict
 from bertscale.data_pipeline import corpora, dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import SampleRecipe
-from bertscale.data_pipeline.schema import MANIFEST_NAME, SPLITS, Manifest, SplitInfo
+from bertscale.data_pipeline.schema import SPLITS, Manifest, SplitInfo, is_dataset_file
 from bertscale.data_pipeline.shards import write_manifest
-from bertscale.data_pipeline.stages import Chunk, ReadUnit, build_samples, encode_documents, sample_blocks
+from bertscale.data_pipeline.stages import Chunk, ReadUnit
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
     model_sha256,
@@ -46,8 +46,6 @@ from bertscale.data_pipeline.tokenizer import (
     word_start_table,
 )
 from bertscale.errors import DataError
-
-__all__ = ["build_samples", "encode_documents", "run_pipeline", "sample_blocks"]
 
 TASKS_PER_WORKER = 4  # ranges per worker per stage, so an uneven range does not idle the others
 RANGE_BYTES = 64 << 20  # compressed bytes of a multistream dump per read task, at most
@@ -133,13 +131,20 @@ def _sees_task(marker: str, token: str) -> str | None:
 def run_pipeline(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> Path:
     """Build the dataset described by ``cfg``; returns the output directory.
 
-    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py).
+    ``timings``, if given, receives the wall seconds of each stage (for benchmarks/pipeline.py):
+    read_clean, dedup, tokenizer, encode, join, pairs, plan, shards, write (tokenizer file,
+    manifest, publishing).
     """
-    output = Path(cfg.output_dir)
-    if output.exists() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{output}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it"
-        )
+    wiki, _ = sources.expand_inputs(cfg.inputs.wiki)
+    books, _ = sources.expand_inputs(cfg.inputs.books)
+    model_path = cfg.tokenizer.model_path
+    output = prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[*wiki, *books, sources.resolve_path(model_path) if model_path else None],
+    )
     started = _init_ray(cfg.num_workers)
     try:
         return _run(cfg, output, _Clock(timings if timings is not None else {}))
@@ -197,10 +202,11 @@ class _Clock:
 class _Stage:
     """What the stages share: the config, the spill directory, progress bars, skips."""
 
-    def __init__(self, cfg: PipelineConfig, spill_dir: Path) -> None:
-        self.cfg, self.spill_dir = cfg, spill_dir
+    def __init__(self, cfg: PipelineConfig, spill_dir: Path, clock: _Clock) -> None:
+        self.cfg, self.spill_dir, self.clock = cfg, spill_dir, clock
         self.parts = cfg.num_workers * TASKS_PER_WORKER
         self.skips = _Skips(cfg.on_bad_input == "fail")
+        self.read_from: dict[str, int] = {}  # raw documents read per input (recorded in the manifest)
         self._bar = {"file": sys.stderr, "disable": not cfg.progress, "dynamic_ncols": True}
 
     def gather(self, refs: list[ray.ObjectRef], sizes: list[int], desc: str, unit: str) -> list[Any]:
@@ -228,12 +234,12 @@ def _ranges(weights: np.ndarray, parts: int) -> list[tuple[int, int]]:
 def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
     given_model = cfg.tokenizer.model_path  # checked before any reading: fail fast on a bad path
     model_proto = load_tokenizer_model(sources.resolve_path(given_model)) if given_model else None
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, owned=is_dataset_file) as tmp:
         spill_dir = tmp.resolve() / ".spill"  # absolute: workers need not share the driver's cwd
         spill_dir.mkdir()
         try:
             check_shared(spill_dir, output)
-            stage = _Stage(cfg, spill_dir)
+            stage = _Stage(cfg, spill_dir, clock)
             chunks = read_stage(stage)
             clock.lap("read_clean")
             chunks, duplicates = dedup_stage(stage, chunks)
@@ -242,10 +248,11 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             model_proto = tokenize_stage(stage, chunks, model_proto)
             clock.lap("tokenizer")
             corpus = encode_stage(stage, chunks, model_proto)
-            clock.lap("encode")
+            clock.lap("join")
             samples = pairs_stage(stage, corpus, model_proto)
             clock.lap("pairs")
             splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
+            clock.lap("shards")
             with atomic_write(tmp / tokenizer_filename(model_proto), "wb") as f:
                 f.write(model_proto)
             special = special_tokens(processor(model_proto))  # readers never assume fixed ids
@@ -265,6 +272,7 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
                     "validation_documents": stages.num_validation(
                         corpus["documents"], cfg.split.validation_fraction
                     ),
+                    "sources": stage.read_from,
                     **duplicates,
                     **contamination,
                 },
@@ -310,16 +318,20 @@ def check_shared(directory: Path, output: Path) -> None:
 
 def _read_units(stage: _Stage) -> list[ReadUnit]:
     """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books,
-    then users' JSONL, Parquet and plain-text files."""
+    one-document-per-line files, R data packages, users' JSONL, Parquet and plain-text files."""
     inputs = stage.cfg.inputs
     wiki_files, missing_wiki = sources.expand_inputs(inputs.wiki)
     book_files, missing_books = sources.expand_inputs(inputs.books)
+    line_files, missing_lines = sources.expand_inputs(inputs.line_documents)
     jsonl_files, missing_jsonl = sources.expand_inputs(inputs.jsonl)
     parquet_files, missing_parquet = sources.expand_inputs(inputs.parquet)
     text_files, missing_text = corpora.expand_text_inputs(inputs.text)
-    for item in missing_wiki + missing_books + missing_jsonl + missing_parquet + missing_text:
+    missing = missing_wiki + missing_books + missing_lines + missing_jsonl + missing_parquet + missing_text
+    for item in missing:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
+    listed = {str(index) for index in indexes.values() if index is not None}
+    wiki_files = [path for path in wiki_files if path not in listed]  # a glob may match the indexes too
     refs = {
         path: _multistream_task.remote(path, index, stage.parts)
         for path, index in indexes.items()
@@ -336,13 +348,12 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
                 raise DataError(problem)
             print(f"warning: {problem}; {path} is read as one stream", file=sys.stderr, flush=True)
         units.extend(ranges)
-    return [
-        *units,
-        *(ReadUnit("book", path) for path in book_files),
-        *(ReadUnit("jsonl", path, field=inputs.text_field) for path in jsonl_files),
-        *(ReadUnit("parquet", path, field=inputs.text_field) for path in parquet_files),
-        *(ReadUnit("text", path) for path in text_files),
-    ]
+    units += [ReadUnit("book", path) for path in book_files]
+    units += [ReadUnit("lines", path) for path in line_files]
+    units += [ReadUnit("r", f"r://{spec}") for spec in inputs.r_datasets]
+    units += [ReadUnit("jsonl", path, field=inputs.text_field) for path in jsonl_files]
+    units += [ReadUnit("parquet", path, field=inputs.text_field) for path in parquet_files]
+    return units + [ReadUnit("text", path) for path in text_files]
 
 
 def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
@@ -374,7 +385,7 @@ def read_stage(stage: _Stage) -> list[Chunk]:
             jobs.append(
                 ([(number, unit)], _read_task.remote([(number, unit)], limit, min_chars, stage.spill_dir))
             )
-    for group in _book_groups([(n, u) for n, u in units if u.kind != "wiki"]):  # whole files
+    for group in _book_groups([(n, u) for n, u in units if u.kind != "wiki"]):
         jobs.append((group, _read_task.remote(group, limit, min_chars, stage.spill_dir)))
     jobs.sort(key=lambda job: job[0][0][0])
     results = stage.gather([ref for _, ref in jobs], [len(group) for group, _ in jobs], "read", "file")
@@ -385,10 +396,14 @@ def read_stage(stage: _Stage) -> list[Chunk]:
                 where = unit.path if unit.end is None else f"{unit.path} (bytes {unit.start}-{unit.end})"
                 stage.skips.add(where, error)
             chunks.extend(unit_chunks)
+            stage.read_from[unit.path] = stage.read_from.get(unit.path, 0) + sum(c.raws for c in unit_chunks)
     if limit is not None:
         chunks = _cap(chunks, limit)
     if sum(c.documents for c in chunks) == 0:
-        raise DataError("no documents with text in any input (inputs.wiki/books/jsonl/parquet/text)")
+        raise DataError(
+            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets / "
+            "jsonl / parquet / text)"
+        )
     return chunks
 
 
@@ -424,9 +439,9 @@ def dedup_stage(stage: _Stage, chunks: list[Chunk]) -> tuple[list[Chunk], dict[s
     ]
     stage.gather(refs, [b - a for a, b in groups], "dedup", "file")
     bands, rows = dedup.lsh_bands(cfg)
-    exact_ref = _collision_task.remote(paths, [], rows, True) if cfg.exact else None
+    exact_ref = _collision_task.remote(paths, 0, 0, rows, True) if cfg.exact else None
     band_groups = _ranges(np.ones(bands), stage.parts) if cfg.near else []
-    near_refs = [_collision_task.remote(paths, list(range(a, b)), rows, False) for a, b in band_groups]
+    near_refs = [_collision_task.remote(paths, a, b, rows, False) for a, b in band_groups]
     exact = _get(exact_ref) if exact_ref is not None else np.zeros(0, np.int64)
     near = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *_get(near_refs)]), exact)
     drop = np.union1d(exact, near)
@@ -524,6 +539,7 @@ def encode_stage(stage: _Stage, chunks: list[Chunk], model_proto: bytes) -> dict
     ]
     sizes = [sum(c.documents for c in chunks[a:b]) for a, b in parts]
     stage.gather(refs, sizes, "encode", "doc")
+    stage.clock.lap("encode")
     sentences, doc_ranges = _get(_join_task.remote(stage.spill_dir, len(parts), stage.parts))
     for chunk in chunks:
         chunk.path.unlink()  # the text is no longer needed; only ids go on
@@ -567,6 +583,7 @@ def shards_stage(
     """Plan the splits and shards in a task, then write the shards in tasks, whole shards each."""
     cfg = stage.cfg
     plans = _get(_plan_task.remote(stage.spill_dir, parts, num_docs, cfg.split, cfg.seed))
+    stage.clock.lap("plan")
     infos: dict[str, SplitInfo] = {}
     refs, sizes, owners = [], [], []
     for split in SPLITS:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,8 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "masked_positions": np.dtype(np.int16),
     "masked_ids": np.dtype(np.int32),
 }
+# the longest pair the dtypes above hold: masked_positions index into it
+MAX_SEQ_LENGTH = int(np.iinfo(ARRAY_FIELDS["masked_positions"]).max) + 1
 LABEL_FIELD = "next_sentence_label"
 SAMPLE_MEMBERS = (*(f"{name}.npy" for name in ARRAY_FIELDS), f"{LABEL_FIELD}.txt")
 
@@ -201,6 +204,14 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
+
+
+def is_dataset_file(name: str) -> bool:
+    """Whether a file name in an output directory is one the pipeline writes (what overwrite replaces)."""
+    return name in (MANIFEST_NAME, *TOKENIZER_FILES) or bool(SHARD_NAME.match(name))
+
+
 def read_shard(path: str | Path, start: int = 0, special: SpecialTokens | None = None) -> Iterator[Sample]:
     """Stream the samples of one shard in order; corruption raises a DataError naming the shard.
 
@@ -297,7 +308,20 @@ class Manifest:
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:
             raise DataError(f"{Path(root) / MANIFEST_NAME}: no split '{split}' (has {sorted(self.splits)})")
-        return [Path(root) / s.name for s in self.splits[split].shards]
+        return [shard_path(root, s.name) for s in self.splits[split].shards]
+
+
+def shard_path(root: str | Path, name: str) -> Path:
+    """``root / name``, confined to ``root``: a manifest may not point at other files (``..``, an
+    absolute path, a symlink leading out), whoever wrote it."""
+    path = Path(root) / name
+    if not _is_plain_name(name) or not path.resolve().is_relative_to(Path(root).resolve()):
+        raise DataError(f"{Path(root) / MANIFEST_NAME}: shard '{name}' lies outside {root}")
+    return path
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -311,6 +335,9 @@ def load_manifest(root: str | Path) -> Manifest:
         splits = {}
         for name, split in data.pop("splits").items():
             shards = [ShardInfo(**s) for s in split["shards"]]
+            for shard in shards:
+                if not isinstance(shard.name, str) or not _is_plain_name(shard.name):
+                    raise DataError(f"{path}: shard name {shard.name!r} is not a file name in {root}")
             splits[name] = SplitInfo(samples_per_shard=split["samples_per_shard"], shards=shards)
         return Manifest(splits=splits, **data)
     except DataError:

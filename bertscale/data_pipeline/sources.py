@@ -1,4 +1,5 @@
-"""Raw inputs → documents: Wikipedia pages-articles dumps (.xml/.xml.bz2) and book .txt files.
+"""Raw inputs → documents: Wikipedia pages-articles dumps (.xml/.xml.bz2), book .txt files and
+text files with one document per line (books packaged as R data: r_datasets.py).
 
 Dumps are streamed page by page with mwxml, so a dump is never whole in memory. Wikitext is
 reduced to body prose with mwparserfromhell: templates, references, tables, lists, headings,
@@ -120,15 +121,32 @@ def parse_wiki_pages(f: BinaryIO, source: str) -> Iterator[RawDocument]:
         raise DataError("dump holds no pages")
 
 
-def read_book(path: str) -> RawDocument:
+def _read_text(path: str) -> str:
     raw = Path(path).read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # UTF-8 text never holds NUL: an image, an archive, a zero-filled file
+        raise DataError(f"binary content, not text (NUL byte at offset {nul})")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 (invalid byte at offset {err.start})") from None
     if not text.strip():
         raise DataError("empty file")
-    return RawDocument(path, Path(path).stem, text, "book")
+    return text
+
+
+def read_book(path: str) -> RawDocument:
+    return RawDocument(path, Path(path).stem, _read_text(path), "book")
+
+
+def read_line_documents(path: str) -> list[RawDocument]:
+    """One document per non-empty line (e.g. gensim's lee_background.cor: one news story a line)."""
+    lines = _read_text(path).splitlines()
+    return [
+        RawDocument(path, f"{Path(path).name}:{i + 1}", line, "book")
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
 
 
 # --- cleaning ----------------------------------------------------------------------------------

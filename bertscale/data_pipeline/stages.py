@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertscale.data_pipeline import corpora, multistream, sources, spill
+from bertscale.data_pipeline import corpora, multistream, r_datasets, sources, spill
 from bertscale.data_pipeline.config import SplitConfig, TokenizerConfig
 from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
 from bertscale.data_pipeline.schema import SPLITS, ShardInfo, shard_name
@@ -35,7 +35,7 @@ BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step
 class ReadUnit:
     """What one read task reads: a whole file, or a byte range of a multistream dump."""
 
-    kind: str  # "wiki" | "book" | "jsonl" | "parquet" | "text"
+    kind: str  # "wiki" | "book" | "lines" (a document per line) | "r" (r://PACKAGE[/NAME]) | "jsonl" | "parquet" | "text"
     path: str
     start: int = 0
     end: int | None = None  # None: the whole file
@@ -60,6 +60,10 @@ def clean_path(spill_dir: Path, unit: int, batch: int) -> Path:
 def raw_documents(unit: ReadUnit) -> Iterator[sources.RawDocument]:
     if unit.kind == "book":
         yield sources.read_book(unit.path)
+    elif unit.kind == "lines":
+        yield from sources.read_line_documents(unit.path)
+    elif unit.kind == "r":
+        yield from r_datasets.iter_r_texts(unit.path.removeprefix("r://"))
     elif unit.kind == "jsonl":
         yield from corpora.iter_jsonl(unit.path, unit.field)
     elif unit.kind == "parquet":

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from bertscale.finetune.readers import BUILTIN_DATASETS, FORMATS
+from bertscale.errors import DataError
+from bertscale.finetune.readers import BUILTIN_DATASETS, FORMATS, TOKEN_FORMATS, infer_format
 from bertscale.runtime.config import EngineConfig, MlflowConfig, OptimizerConfig, ScheduleConfig
 
 
 @dataclass
 class FinetuneModelConfig:
+    RANGES: ClassVar[dict[str, str]] = {"classifier_dropout": "[0, 1)"}
+
     # A pretrain run dir, step dir or ZeRO-sharded DeepSpeed dir (see bertscale.model_dir.load_pretrained).
     checkpoint: str | None = None
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
@@ -30,7 +33,9 @@ class FinetuneModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str | None = None  # a built-in dataset: rotten_tomatoes | pang_lee | optimus_ner
+    RANGES: ClassVar[dict[str, str]] = {"validation_fraction": "[0, 1)", "test_fraction": "[0, 1)", "max_examples": "[2, inf)"}
+
+    name: str | None = None  # a built-in dataset: rotten_tomatoes | pang_lee (the default) | optimus_ner
     path: str | None = None  # or your own file (the whole dataset, split by the fractions below)
     format: str | None = None  # csv | tsv | jsonl | fasttext | conll; inferred from the file name if unset
     encoding: str = "utf-8"
@@ -46,7 +51,7 @@ class DatasetConfig:
     on_error: Literal["skip", "fail"] = "skip"  # malformed rows: skip and count, or stop
 
     def __post_init__(self) -> None:
-        if (self.name is None) == (self.path is None):
+        if self.name is not None and self.path is not None:  # neither: FinetuneConfig picks pang_lee
             raise ValueError("set exactly one of dataset.name (built-in) or dataset.path")
         if self.name is not None and self.name not in BUILTIN_DATASETS:
             raise ValueError(f"dataset.name '{self.name}' is not one of {sorted(BUILTIN_DATASETS)}")
@@ -63,6 +68,15 @@ class DatasetConfig:
 
 @dataclass
 class TrainConfig:
+    RANGES: ClassVar[dict[str, str]] = {
+        "micro_batch_size": "[1, inf)",
+        "epochs": "(0, inf)",
+        "max_steps": "[1, inf)",
+        "eval_every": "[0, inf)",
+        "log_every": "[1, inf)",
+        "max_eval_examples": "[1, inf)",
+    }
+
     micro_batch_size: int = 16
     epochs: float = 3.0  # passes over the training split; max_steps wins when set
     max_steps: int | None = None
@@ -75,9 +89,11 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
+    RANGES: ClassVar[dict[str, str]] = {"max_seq_length": "[8, inf)", "seed": "[0, inf)"}
+
     task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
-    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(name="pang_lee"))
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     max_seq_length: int = 128
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -89,10 +105,12 @@ class FinetuneConfig:
     # final metric (bertscale.finetune.seeds); `seed` is then unused
     seeds: list[int] = field(default_factory=list)
     output_dir: str = "runs/finetune"
+    overwrite: bool = False  # a non-empty output_dir: replace this job's files in it (others are kept)
 
     def __post_init__(self) -> None:
-        if self.max_seq_length < 8:
-            raise ValueError("max_seq_length must be at least 8")
+        if self.dataset.name is None and self.dataset.path is None:
+            self.dataset.name = "pang_lee"  # the default; a dataset.path override alone replaces it
+        self._check_task_matches_data()
         if self.model.checkpoint is None and self.model.init == "pretrained":
             raise ValueError("model.checkpoint is required unless model.init=random")
         if self.model.checkpoint is None and self.model.tokenizer is None:
@@ -100,6 +118,28 @@ class FinetuneConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed")
 
+    def _check_task_matches_data(self) -> None:
+        """CoNLL files hold one label per word, the other formats one per text: refuse a mismatch
+        now rather than train on nonsense (or fail once the engine is up)."""
+        ds = self.dataset
+        if ds.name is not None:
+            sources = [(ds.name, BUILTIN_DATASETS[ds.name].format)]
+        else:
+            paths = [p for p in (ds.path, ds.validation_path, ds.test_path) if p]
+            sources = [(p, ds.format or _format_of(p)) for p in paths]
+        for where, fmt in sources:
+            per_word = fmt in TOKEN_FORMATS
+            if fmt is not None and per_word != (self.task == "token_classification"):
+                kind = "one label per word" if per_word else "one label per text"
+                raise ValueError(f"{where}: {fmt} data ({kind}) does not fit task={self.task}")
+
     @property
     def output_path(self) -> Path:
         return Path(self.output_dir)
+
+
+def _format_of(path: str) -> str | None:
+    try:
+        return infer_format(Path(path))
+    except DataError:
+        return None  # the reader names the file when it opens it, still before any work

@@ -30,17 +30,27 @@ import argparse
 import json
 import shutil
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 
 import torch
 
-from bertscale.atomic import atomic_directory
-from bertscale.data_pipeline.tokenizer import load_tokenizer_model, write_hf_tokenizer
+from bertscale.atomic import atomic_directory, prepare_output_dir
+from bertscale.data_pipeline.tokenizer import (
+    HF_TOKENIZER_CONFIG,
+    HF_VOCAB,
+    load_tokenizer_model,
+    write_hf_tokenizer,
+)
 from bertscale.errors import CheckpointError, DataError, run_cli
 from bertscale.finetune.model_card import model_card
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
 from bertscale.model_dir import (
+    CONFIG,
     HF_CONFIG,
+    HF_INDEX,
+    HF_WEIGHTS,
+    TOKENIZER_FILES,
     Tokenizer,
     find_tokenizer,
     load_pretrained,
@@ -50,6 +60,11 @@ from bertscale.model_dir import (
 )
 
 StateDict = dict[str, torch.Tensor]
+# what --overwrite replaces in a non-empty OUT; anything else there is kept
+EXPORT_FILES = frozenset(
+    {HF_CONFIG, HF_WEIGHTS, HF_INDEX, CONFIG, *chain(*TOKENIZER_FILES.values())}
+    | {HF_TOKENIZER_CONFIG, HF_VOCAB, "special_tokens_map.json"}  # --to-hf's tokenizer files
+)
 
 
 # --- ours -> transformers --------------------------------------------------------------------
@@ -71,7 +86,7 @@ def export_to_hf(
     cls = BertForPreTraining if heads else BertModel
     kwargs = _model_kwargs(cls, state)
     state = check_state_dict(config, _keys_for(cls, state), source, cls, **kwargs)
-    with atomic_directory(Path(out_dir)) as tmp:
+    with atomic_directory(Path(out_dir), EXPORT_FILES.__contains__) as tmp:
         write_model_dir(tmp, config, state, None, config_name=HF_CONFIG)
         if not heads:  # transformers reads the class from here (AutoModel, pipelines)
             hf = {**config.to_hf_dict(), "architectures": ["BertModel"]}
@@ -84,7 +99,7 @@ def export_to_hf(
             write_hf_tokenizer(data, tmp, config.max_position_embeddings)
             if tokenizer.kind == "sentencepiece":  # ours as well: --from-hf brings it back unchanged
                 shutil.copyfile(tokenizer.path, tmp / tokenizer.path.name)
-        if card is not None:
+        if card is not None and not (Path(out_dir) / "README.md").exists():  # never a user's README
             (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(out_dir)
 
@@ -103,7 +118,7 @@ def save_pretrained_dir(
     state = dict(state_dict)
     cls = BertForPreTraining if has_heads(state) else BertModel
     check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
-    return save_model_dir(out_dir, config, state, tokenizer)
+    return save_model_dir(out_dir, config, state, tokenizer, owned=EXPORT_FILES.__contains__)
 
 
 # --- transformers -> ours --------------------------------------------------------------------
@@ -168,8 +183,20 @@ def main(argv: Sequence[str]) -> None:
         "--to-hf", metavar="CKPT", type=Path, help="our checkpoint (run, step or ZeRO dir)"
     )
     direction.add_argument("--from-hf", metavar="HFDIR", type=Path, help="a transformers BERT directory")
-    parser.add_argument("out", type=Path, help="directory to write (replaced atomically if it exists)")
+    parser.add_argument("out", type=Path, help="a new or empty directory to write")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the exported files in a non-empty OUT (others are kept)",
+    )
     args = parser.parse_args(argv)
+    prepare_output_dir(
+        args.out,
+        key="OUT",
+        overwrite=args.overwrite,
+        overwrite_hint="--overwrite",
+        inputs=[args.to_hf if args.to_hf is not None else args.from_hf],
+    )
 
     if args.to_hf is not None:
         source = args.to_hf

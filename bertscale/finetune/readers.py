@@ -23,6 +23,7 @@ from bertscale.errors import DataError
 
 OnError = Literal["skip", "fail"]
 FORMATS = ("csv", "tsv", "jsonl", "fasttext", "conll")
+TOKEN_FORMATS = ("conll",)  # one label per word (token classification); the others: one per text
 BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from bertscale.atomic import atomic_write_text
+from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
 from bertscale.errors import CheckpointError, ConfigError, DataError
 from bertscale.finetune.checkpoint import head_info, init_encoder, load_base, save_finetuned
@@ -39,7 +39,19 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(message)s",
     )
-    output_dir = cfg.output_path
+    output_dir = prepare_output_dir(
+        cfg.output_path,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[
+            cfg.model.checkpoint,
+            cfg.model.tokenizer,
+            cfg.dataset.path,
+            cfg.dataset.validation_path,
+            cfg.dataset.test_path,
+        ],
+    )
     base = load_base(cfg.model)
     tokenizer = load_tokenizer(base.tokenizer.path)
     if tokenizer.get_piece_size() > base.config.vocab_size:

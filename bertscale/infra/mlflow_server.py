@@ -26,9 +26,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bertscale.errors import BertscaleError, ConfigError, run_cli
+from bertscale.secrets import redact, redact_uri
 
 LOOPBACK = "127.0.0.1"
 
@@ -48,17 +49,6 @@ class MlflowServerConfig:
         """Where a client on this machine reaches the server."""
         host = LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
-
-
-def redact_uri(uri: str) -> str:
-    """``postgresql://user:secret@db/mlflow`` → ``postgresql://user:***@db/mlflow``."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -199,7 +189,7 @@ def main(argv: Sequence[str]) -> None:
         extra_args=argv[split + 1 :],
     )
     cmd, _ = server_command(cfg)
-    print(f"backend store: {redact_uri(cfg.backend_uri)}\n$ {shlex.join(cmd)}", flush=True)
+    print(f"backend store: {redact_uri(cfg.backend_uri)}\n$ {redact(shlex.join(cmd))}", flush=True)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so running_server's cleanup stops the server.
     signal.signal(signal.SIGTERM, _interrupt)
     with running_server(cfg, timeout=args.timeout) as proc, contextlib.suppress(KeyboardInterrupt):

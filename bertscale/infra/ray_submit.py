@@ -10,6 +10,10 @@ Or on one machine, against a throw-away local head bound to 127.0.0.1 (stopped a
     python -m bertscale.infra.ray_submit --local-head --num-cpus 2 -- python -m bertscale.data_pipeline --config C
 
 The exit status is 0 only if the job ends SUCCEEDED.
+
+Ray's token authentication is always on (``RAY_AUTH_MODE=token``, Ray >= 2.52): every request to
+the job API and the GCS carries the cluster's token, read from ``RAY_AUTH_TOKEN``, from
+``--token-file`` (or ``RAY_AUTH_TOKEN_PATH``) or from ``~/.ray/auth_token``; it is never printed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,28 @@ class LocalHead:
     address: str  # job API, e.g. http://127.0.0.1:8265
     gcs_address: str  # what `ray.init(address=...)` / worker nodes join
     temp_dir: Path
+
+
+def use_token_auth(token_file: Path | None = None, require: bool = True) -> None:
+    """Turn on Ray token auth for this process and the Ray processes it starts; with ``require``
+    (joining a running cluster), check that a token exists; a new local head generates one.
+    ``token_file`` wins over the other sources. The token's value is never printed."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if token_file is not None:
+        if not token_file.is_file() or not token_file.read_text(encoding="utf-8").strip():
+            raise ConfigError(f"--token-file {token_file}: missing or empty")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file.resolve())
+        os.environ.pop("RAY_AUTH_TOKEN", None)  # Ray would prefer it over the file
+    if os.environ["RAY_AUTH_MODE"] != "token" or not require:
+        return  # RAY_AUTH_MODE=disabled: the user turned it off deliberately
+    if not (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
+        raise ConfigError(
+            "no Ray auth token: set RAY_AUTH_TOKEN, pass --token-file, or run `ray get-auth-token --generate`"
+        )
 
 
 def free_port() -> int:
@@ -234,8 +260,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--working-dir", default=".", help="directory uploaded as the job's cwd")
     parser.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver")
     parser.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    parser.add_argument(
+        "--token-file", type=Path, help="Ray auth token file (default: $RAY_AUTH_TOKEN, ~/.ray/auth_token)"
+    )
     args = parser.parse_args(argv[:split])
     entrypoint = argv[split + 1 :]
+    use_token_auth(args.token_file, require=not args.local_head)
 
     with contextlib.ExitStack() as stack:
         if args.local_head:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from bertscale.config import load_config
 from bertscale.errors import ConfigError
@@ -35,6 +35,13 @@ class PretrainModelConfig(BertConfig):
 
 @dataclass
 class DataConfig:
+    RANGES: ClassVar[dict[str, str]] = {
+        "micro_batch_size": "[1, inf)",
+        "masked_lm_prob": "(0, 1)",
+        "max_predictions_per_seq": "[1, inf)",
+        "num_workers": "[0, inf)",
+    }
+
     shards: Path = Path("data/shards")  # a data_pipeline output directory (manifest.json + tars)
     split: str = "train"
     eval_split: str = "validation"
@@ -44,26 +51,27 @@ class DataConfig:
     masked_lm_prob: float = 0.15
     max_predictions_per_seq: int | None = None  # None: no cap (labels are dense, no fixed M is needed)
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
-
-    def __post_init__(self) -> None:
-        if self.micro_batch_size < 1 or self.num_workers < 0:
-            raise ValueError("micro_batch_size must be >= 1 and num_workers >= 0")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
-        if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
-            raise ValueError(f"max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}")
-
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
 
 
+@dataclass
+class PretrainScheduleConfig(ScheduleConfig):
+    # A token budget (non-padding tokens, all ranks): the decay ends and training stops when it is
+    # used up (max_steps still caps). Counted in samples at the split's mean tokens per sample
+    # (manifest), checkpointed, so a resumed run ends at the same point.
+    budget_tokens: int | None = None
 
-
-
-
+    def __post_init__(self) -> None:
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise ValueError("schedule.budget_tokens must be >= 1")
+        if self.budget_tokens is not None and self.total_steps is not None:
+            raise ValueError("schedule.budget_tokens and schedule.total_steps both end the decay: set one")
 
 
 @dataclass
 class CheckpointConfig:
+    RANGES: ClassVar[dict[str, str]] = {"save_every": "[0, inf)", "keep_last": "[0, inf)"}
+
     save_every: int = 1000  # optimizer steps; 0 saves only at the end
     keep_last: int = 3
     resume: str = "auto"  # auto (latest in output_dir if any) | never | PATH to a run/checkpoint
@@ -72,29 +80,35 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
+    RANGES: ClassVar[dict[str, str]] = {"every": "[0, inf)", "max_batches": "[0, inf)"}
+
     every: int = 500  # optimizer steps; 0 disables periodic eval (a final eval still runs)
     max_batches: int = 50  # per rank
 
 
-
-
 @dataclass
 class MetricsConfig:
+    RANGES: ClassVar[dict[str, str]] = {"log_every": "[1, inf)", "peak_tflops": "(0, inf)"}
+
     log_every: int = 10
     peak_tflops: float | None = None  # per device, for MFU; None: a known GPU's bf16 peak, none on CPU
 
 
 @dataclass
 class DebugConfig:
+    RANGES: ClassVar[dict[str, str]] = {"exit_after_step": "[1, inf)"}
+
     exit_after_step: int | None = None  # hard-exit every rank after this step (tests crash + resume)
 
 
 @dataclass
 class PretrainConfig:
+    RANGES: ClassVar[dict[str, str]] = {"seed": "[0, inf)", "max_steps": "[1, inf)"}
+
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: PretrainScheduleConfig = field(default_factory=PretrainScheduleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -102,12 +116,9 @@ class PretrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     output_dir: Path = Path("runs/pretrain")
+    overwrite: bool = False  # a non-empty output_dir that is not this run's: write into it anyway
     seed: int = 1234
     max_steps: int = 1000  # optimizer steps
-
-    def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.metrics.log_every < 1:
-            raise ValueError("max_steps and metrics.log_every must be >= 1")
 
 
 def load_pretrain_config(

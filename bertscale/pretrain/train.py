@@ -10,12 +10,13 @@ import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 
-from bertscale.atomic import atomic_write_text
+from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
-from bertscale.data_pipeline.schema import load_manifest
+from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import ConfigError
 from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer
@@ -62,8 +63,74 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
     }
 
 
+RUN_FILES = frozenset(
+    {"config.yaml", "ds_config.json", "metrics.jsonl", "checkpoints", "mlflow.db", "mlartifacts"}
+)
+
+
+def _resumable_run(output_dir: Path, resume: str) -> bool:
+    """A run dir of ours that this run continues: nothing else in it, and resume=never would not
+    overwrite and prune the checkpoints of an earlier run."""
+    entries = {p.name for p in output_dir.iterdir()}
+    checkpoints = output_dir / "checkpoints"
+    earlier = checkpoints.is_dir() and any(checkpoints.iterdir())
+    return entries <= RUN_FILES and not (resume == "never" and earlier)
+
+
+MIN_EVAL_SEQUENCES = 500  # below this an accuracy's standard error exceeds ~0.02: say so
+
+
+def majority_baselines(batches: list[dict[str, torch.Tensor]], vocab_size: int, device) -> dict[str, float]:
+    """Accuracy of a constant answer on the validation batches of all ranks: always the most frequent
+    masked target token (MLM), always the more frequent label (NSP). What learning must beat."""
+    counts = torch.zeros(vocab_size + 2, dtype=torch.float64)  # per target id, then NSP labels 0/1
+    for batch in batches:
+        targets = batch["labels"][batch["labels"] >= 0]
+        counts[:vocab_size] += torch.bincount(targets, minlength=vocab_size)[:vocab_size].double()
+        counts[vocab_size:] += torch.bincount(batch["next_sentence_label"], minlength=2)[:2].double()
+    counts = counts.to(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    mlm, nsp = counts[:vocab_size], counts[vocab_size:]
+    if not nsp.sum():
+        return {}
+    return {
+        "eval_mlm_baseline_accuracy": float(mlm.max() / mlm.sum().clamp(min=1)),
+        "eval_nsp_baseline_accuracy": float(nsp.max() / nsp.sum()),
+        "eval_sequences": float(nsp.sum()),
+        "eval_masked_tokens": float(mlm.sum()),
+    }
+
+
+def token_budget_samples(cfg: PretrainConfig, manifest: Manifest) -> int | None:
+    """``schedule.budget_tokens`` in samples of the training split (its mean tokens per sample)."""
+    budget = cfg.schedule.budget_tokens
+    split = manifest.splits.get(cfg.data.split)
+    if budget is None or split is None or not split.samples:
+        return None  # no budget; a missing split is reported by the reader
+    samples = max(1, round(budget * split.samples / split.tokens))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.data.micro_batch_size * cfg.engine.gradient_accumulation_steps * world
+    warmup = cfg.schedule.warmup_steps * per_step
+    if samples <= warmup:
+        raise ConfigError(
+            f"schedule.budget_tokens={budget} ({samples} samples at {split.tokens / split.samples:.1f} "
+            f"tokens each) ends before the {cfg.schedule.warmup_steps} warmup steps ({warmup} samples "
+            f"at {per_step} per step)"
+        )
+    return samples
+
+
 def main(cfg: PretrainConfig) -> TrainState:
     # user input is checked before any process group exists: a bad path fails fast and clearly
+    prepare_output_dir(
+        cfg.output_dir,
+        key="output_dir",
+        overwrite=cfg.overwrite,
+        overwrite_hint="overwrite=true",
+        inputs=[cfg.data.shards, cfg.checkpoint.init_from],
+        reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
+    )
     manifest = load_manifest(cfg.data.shards)
     init = load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
     if init is not None:  # the checkpoint's architecture (vocab size, max positions, every shape)
@@ -81,6 +148,7 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
+    budget_samples = token_budget_samples(cfg, manifest)
     tokenizer = find_tokenizer(cfg.data.shards)
 
     dist = init_distributed()
@@ -99,7 +167,13 @@ def main(cfg: PretrainConfig) -> TrainState:
             cfg.checkpoint.init_from, len(new_tensors), ", ".join(new_tensors) or "none",
         )  # fmt: skip
     engine = create_engine(
-        model, cfg.engine, cfg.optimizer, cfg.schedule, cfg.data.micro_batch_size, cfg.max_steps
+        model,
+        cfg.engine,
+        cfg.optimizer,
+        cfg.schedule,
+        cfg.data.micro_batch_size,
+        cfg.max_steps,
+        budget_samples=budget_samples,
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
@@ -138,6 +212,24 @@ def main(cfg: PretrainConfig) -> TrainState:
         else []
     )
 
+    baselines = majority_baselines(validation, bert_config.vocab_size, engine.device) if validation else {}
+    if validation and baselines.get("eval_sequences", 0) < MIN_EVAL_SEQUENCES:
+        log.warning(
+            "%s split %s: %d sequences evaluated (eval.max_batches=%d): accuracy is too noisy to compare "
+            "runs below %d",
+            cfg.data.eval_split,
+            cfg.data.shards,
+            baselines.get("eval_sequences", 0),
+            cfg.eval.max_batches,
+            MIN_EVAL_SEQUENCES,
+        )
+
+    last_eval: dict[str, float] = {}
+
+    def evaluate_with_baselines() -> dict[str, float]:
+        last_eval.update(evaluate(engine, validation), **baselines)
+        return dict(last_eval)
+
     tracker = Tracker(cfg.mlflow, None, output_dir=output_dir, enabled=dist.rank == 0)
     if dist.rank == 0:
         save_config(cfg, output_dir / "config.yaml")
@@ -170,6 +262,14 @@ def main(cfg: PretrainConfig) -> TrainState:
         )
 
     stop_at = cfg.max_steps
+    if budget_samples is not None:  # the budget ends the run; the scheduler knows how far it is
+        stop_at = min(stop_at, state.step + engine.lr_scheduler.steps_left())
+        log.info(
+            "token budget %d = %d samples: training stops at step %d",
+            cfg.schedule.budget_tokens,
+            budget_samples,
+            stop_at,
+        )
     if cfg.debug.exit_after_step is not None:
         stop_at = min(stop_at, cfg.debug.exit_after_step)
     status = "FAILED"
@@ -181,7 +281,7 @@ def main(cfg: PretrainConfig) -> TrainState:
             max_steps=stop_at,
             tracker=tracker,
             step_metrics=pretraining_losses,
-            evaluate=(lambda: evaluate(engine, validation)) if validation else None,
+            evaluate=evaluate_with_baselines if validation else None,
             eval_every=cfg.eval.every,
             save=save,
             save_every=cfg.checkpoint.save_every,
@@ -196,7 +296,19 @@ def main(cfg: PretrainConfig) -> TrainState:
             (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
             tracker.log_metrics(state.step, {"skipped_shards": skipped})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
-            tracker.log_metrics(state.step, evaluate(engine, validation))
+            tracker.log_metrics(state.step, evaluate_with_baselines())
+        if last_eval.get("eval_mlm_accuracy") is not None:
+            log.info(
+                "eval at step %d: MLM accuracy %.4f (always the most frequent token: %.4f, %.2fx); "
+                "NSP accuracy %.4f (majority label: %.4f); %d sequences",
+                state.step,
+                last_eval["eval_mlm_accuracy"],
+                last_eval["eval_mlm_baseline_accuracy"],
+                last_eval["eval_mlm_accuracy"] / max(last_eval["eval_mlm_baseline_accuracy"], 1e-12),
+                last_eval["eval_nsp_accuracy"],
+                last_eval["eval_nsp_baseline_accuracy"],
+                last_eval["eval_sequences"],
+            )
         if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
             save(state)
         status = "FINISHED"

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass
 class OptimizerConfig:
+    RANGES: ClassVar[dict[str, str]] = {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)"}
+
     name: Literal["adamw", "lamb"] = "adamw"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -20,6 +22,8 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
+    RANGES: ClassVar[dict[str, str]] = {"warmup_steps": "[0, inf)", "total_steps": "[1, inf)", "min_lr_ratio": "[0, 1]"}
+
     warmup_steps: int = 0
     decay: Literal["linear", "cosine", "constant"] = "linear"
     total_steps: int | None = None  # end of the decay; defaults to the job's max_steps
@@ -27,6 +31,8 @@ class ScheduleConfig:
 
 @dataclass
 class EngineConfig:
+    RANGES: ClassVar[dict[str, str]] = {"gradient_accumulation_steps": "[1, inf)", "gradient_clipping": "[0, inf)"}
+
     zero_stage: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_accumulation_steps: int = 1

@@ -3,8 +3,10 @@
 Public API:
     init_distributed() -> DistInfo        gloo on CPU, nccl on GPU; a plain ``python -m`` is rank 0 of 1
     build_ds_config(engine_cfg, micro_batch_size) -> dict    the DeepSpeed JSON, generated
-    create_engine(model, engine_cfg, optimizer_cfg, schedule_cfg, micro_batch_size, max_steps)
-        -> deepspeed.DeepSpeedEngine     (optimizer + LR scheduler attached; their state is checkpointed)
+    create_engine(model, engine_cfg, optimizer_cfg, schedule_cfg, micro_batch_size, max_steps,
+                  budget_samples=None)
+        -> deepspeed.DeepSpeedEngine     (optimizer + LR scheduler attached; their state is checkpointed;
+                                          with a sample budget the scheduler is optim.BudgetLR)
     consolidated_state_dict(engine) -> state_dict   collective: full fp32 weights, any ZeRO stage
     barrier(), all_reduce_sum(values) -> list[float], all_gather_object(obj) -> list
 """
@@ -98,6 +100,7 @@ def create_engine(
     schedule_cfg: ScheduleConfig,
     micro_batch_size: int,
     max_steps: int,
+    budget_samples: int | None = None,
 ) -> deepspeed.DeepSpeedEngine:
     """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision."""
     accelerator = get_accelerator()
@@ -115,8 +118,12 @@ def create_engine(
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = True
+    if accelerator.device_name() == "cuda":  # on the device first, so AdamW can use its fused kernel
+        model.to(accelerator.current_device_name())
     optimizer = build_optimizer(model, optimizer_cfg)
-    scheduler = build_scheduler(optimizer, schedule_cfg, max_steps)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    samples_per_step = micro_batch_size * engine_cfg.gradient_accumulation_steps * world
+    scheduler = build_scheduler(optimizer, schedule_cfg, max_steps, budget_samples, samples_per_step)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -2,9 +2,12 @@
 
 Public API:
     param_groups(model, weight_decay)            no decay for biases and LayerNorm weights
-    build_optimizer(model, cfg: OptimizerConfig)  torch AdamW or LAMB (below)
+    build_optimizer(model, cfg: OptimizerConfig)  torch AdamW (fused when the model is on CUDA) or LAMB
     lr_lambda(cfg: ScheduleConfig, max_steps)    step -> multiplier: linear warmup, then decay
-    build_scheduler(optimizer, cfg, max_steps)   LambdaLR (its state is saved in checkpoints)
+    BudgetLR(optimizer, cfg, budget_samples, samples_per_step)
+                                                 warmup in steps, then decay to the end of a sample budget
+    build_scheduler(optimizer, cfg, max_steps, budget_samples=None, samples_per_step=None)
+                                                 LambdaLR or BudgetLR (their state is saved in checkpoints)
 """
 
 from __future__ import annotations
@@ -69,7 +72,18 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # on CUDA torch's fused kernel updates every tensor in one launch (no per-parameter loop)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+
+
+def _decayed(cfg: ScheduleConfig, progress: float) -> float:
+    """The multiplier after warmup, at ``progress`` in [0, 1] of the decay."""
+    if cfg.decay == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, progress))
+    shape = 1.0 - progress if cfg.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
 def lr_lambda(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
@@ -78,16 +92,77 @@ def lr_lambda(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
     def multiplier(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        if cfg.decay == "constant" or total <= cfg.warmup_steps:
+        if total <= cfg.warmup_steps:
             return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
-        shape = 1.0 - progress if cfg.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+        return _decayed(cfg, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
 
     return multiplier
 
 
+class BudgetLR(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warmup over ``cfg.warmup_steps`` steps, then decay that ends when ``budget_samples`` are used.
+
+    Progress after warmup is counted in samples, not steps, and the count is checkpointed: a run
+    resumed with another global batch (world size, accumulation) still ends its decay at the same
+    sample, and so at the same token budget. The budget and samples per step are this run's
+    (config), the position is the checkpoint's.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: ScheduleConfig,
+        budget_samples: int,
+        samples_per_step: int,
+    ):
+        if budget_samples <= cfg.warmup_steps * samples_per_step:
+            raise ValueError(
+                f"a budget of {budget_samples} samples ends before the {cfg.warmup_steps} warmup steps "
+                f"({cfg.warmup_steps * samples_per_step} samples at {samples_per_step} per step)"
+            )
+        self.cfg, self.budget_samples, self.samples_per_step = cfg, budget_samples, samples_per_step
+        self.samples = 0  # consumed before the step whose lr get_lr() gives
+        self.warmup_end = 0 if cfg.warmup_steps == 0 else None  # samples when warmup ended
+        super().__init__(optimizer)
+
+    def multiplier(self) -> float:
+        if self.warmup_end is None:  # still warming up: self.last_epoch < warmup_steps
+            return (self.last_epoch + 1) / self.cfg.warmup_steps
+        return _decayed(self.cfg, (self.samples - self.warmup_end) / (self.budget_samples - self.warmup_end))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.multiplier() for base in self.base_lrs]
+
+    def step(self, epoch: int | None = None) -> None:  # epoch: torch's signature, unused
+        if self.last_epoch >= 0:  # not the call LRScheduler.__init__ makes
+            self.samples += self.samples_per_step
+            if self.warmup_end is None and self.last_epoch + 1 >= self.cfg.warmup_steps:
+                self.warmup_end = self.samples
+        super().step()
+
+    def steps_left(self) -> int:
+        """Optimizer steps until the budget is used up (0 when it is)."""
+        return max(0, -(-(self.budget_samples - self.samples) // self.samples_per_step))
+
+    def state_dict(self) -> dict:
+        keys = ("last_epoch", "samples", "warmup_end", "base_lrs", "budget_samples")
+        return {k: getattr(self, k) for k in keys}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_epoch, self.samples = state_dict["last_epoch"], state_dict["samples"]
+        self.warmup_end, self.base_lrs = state_dict["warmup_end"], state_dict["base_lrs"]
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr  # this run's budget may differ from the checkpoint's
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    max_steps: int,
+    budget_samples: int | None = None,
+    samples_per_step: int | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if budget_samples is not None:
+        return BudgetLR(optimizer, cfg, budget_samples, samples_per_step or 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, max_steps))

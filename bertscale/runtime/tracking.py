@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from bertscale.runtime.config import MlflowConfig
+from bertscale.secrets import redact, tracking_credentials_to_env
 
 log = logging.getLogger("bertscale")
 
@@ -69,6 +70,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         uri = cfg.tracking_uri or f"sqlite:///{(self.output_dir / 'mlflow.db').resolve()}"
+        uri = tracking_credentials_to_env(uri)  # MLflow reads them from there; never in a URI it prints
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is not None:
@@ -80,13 +82,13 @@ class Tracker:
             experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
         run = client.create_run(experiment_id, run_name=cfg.run_name)
         self.client, self.run_id = client, run.info.run_id
-        log.info("MLflow run %s in experiment '%s' at %s", self.run_id, cfg.experiment, uri)
+        log.info("MLflow run %s in experiment '%s' at %s", self.run_id, cfg.experiment, redact(uri))
 
     def _guard(self, fn, *args) -> None:
         try:
             fn(*args)
         except Exception as err:  # tracking must never kill training
-            log.warning("MLflow tracking disabled for this run: %s: %s", type(err).__name__, err)
+            log.warning("MLflow tracking disabled for this run: %s: %s", type(err).__name__, redact(str(err)))
             self.client = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -94,7 +96,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        items = [Param(k, redact(str(v))[:6000]) for k, v in _flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._guard(lambda chunk: self.client.log_batch(self.run_id, params=chunk), items[i : i + 100])
 

@@ -12,7 +12,7 @@ import ray
 
 from bertscale.data_pipeline.run import run_pipeline
 from bertscale.data_pipeline.schema import load_manifest
-from bertscale.errors import DataError
+from bertscale.errors import ConfigError, DataError
 
 ASSETS = Path(__file__).parents[1] / "assets"
 REPO = Path(__file__).parents[2]
@@ -95,13 +95,28 @@ def test_no_documents_at_all(local_ray, tiny_config, bad_files, tmp_path):
         run_pipeline(cfg)
 
 
-def test_refuses_to_replace_a_directory_that_is_not_a_dataset(tiny_config, tmp_path):
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="refusing to replace it"):
-        run_pipeline(tiny_config(precious))
-    assert (precious / "notes.txt").read_text() == "keep me"
+def test_refuses_a_non_empty_output_dir_and_overwrite_keeps_other_files(local_ray, tiny_config, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "train-000999.tar").write_bytes(b"stale shard of an earlier run")
+    with pytest.raises(ConfigError, match=r"output_dir: .*precious is not empty .*overwrite=true"):
+        run_pipeline(tiny_config(out))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train-000999.tar"]
+    manifest = load_manifest(run_pipeline(tiny_config(out, overwrite=True)))
+    assert (out / "notes.txt").read_text() == "keep me"
+    shards = {s.name for split in manifest.splits.values() for s in split.shards}
+    assert {p.name for p in out.iterdir()} == shards | {"notes.txt", "manifest.json", "tokenizer.model"}
+
+
+def test_output_dir_may_not_hold_the_inputs(tiny_config, tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text("A sentence of a book. Another one follows it here.")
+    for out in (tmp_path, books):
+        with pytest.raises(ConfigError, match=f"output_dir: {out} contains the input {books / 'a.txt'}"):
+            run_pipeline(tiny_config(out, inputs__books=[str(books / "*.txt")], overwrite=True))
+    assert (books / "a.txt").is_file()
 
 
 def test_too_few_samples_for_a_shard_is_a_clear_error(local_ray, tiny_config, tmp_path):
@@ -146,7 +161,7 @@ def test_cli_config_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_cli_builds_the_embedded_demo_corpus(tmp_path):
-    """No --config: the real gensim enwiki dump + Hamlet, end to end through the CLI."""
+    """No --config: the embedded demo corpus (configs/demo.yaml), end to end through the CLI."""
     result = run_cli(f"output_dir={tmp_path / 'demo'}", "progress=false")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {tmp_path / 'demo'} (train: ")
@@ -154,6 +169,10 @@ def test_cli_builds_the_embedded_demo_corpus(tmp_path):
     assert manifest.inputs["documents"] >= 100 and manifest.vocab_size == 8000
     assert manifest.splits["train"].samples >= 4000 and manifest.skipped == []
     assert 0.45 < manifest.inputs["random_next_fraction"] < 0.55
+    read = manifest.inputs["sources"]  # every input of demo.yaml recorded with its documents
+    assert read["r://tokenizers/mobydick"] == 135  # chapters
+    assert read["r://janeaustenr"] == 269  # the chapters of six novels
+    assert sum(n for k, n in read.items() if k.endswith("lee_background.cor")) == 300
 
 
 def test_a_given_tokenizer_is_reused(local_ray, tiny_config, tiny_shards, tmp_path):

@@ -38,9 +38,10 @@ def test_collisions_find_exact_and_near_duplicates_of_earlier_documents(tmp_path
         len(corpus) - 10,
     ]
     bands, rows = dedup.lsh_bands(cfg)
-    assert dedup.collisions(sigs, [], rows, True).tolist() == [n]
-    by_band = [dedup.collisions(sigs, [b], rows, False) for b in range(bands)]
+    assert dedup.collisions(sigs, 0, 0, rows, True).tolist() == [n]
+    by_band = [dedup.collisions(sigs, b, b + 1, rows, False) for b in range(bands)]
     assert np.unique(np.concatenate(by_band)).tolist() == [n, n + 1]
+    assert dedup.collisions(sigs, 0, bands, rows, False).tolist() == [n, n + 1]  # all bands in one task
     # the same candidates as datasketch's own index, queried before each insert
     lsh, template = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm), MinHash(cfg.num_perm, seed=7)
     expected = []

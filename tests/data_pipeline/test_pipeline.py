@@ -58,6 +58,9 @@ def test_manifest_describes_the_output(tiny_shards: Path) -> None:
     )
     assert manifest.reserved_ids == [[0, 5]]
     assert manifest.inputs["documents"] == 7  # 4 wiki articles + 3 books
+    read = manifest.inputs["sources"]  # documents read per input
+    assert {Path(p).name: n for p, n in read.items() if p.endswith("tiny_wiki.xml")} == {"tiny_wiki.xml": 4}
+    assert sorted(Path(p).parent.name for p in read if p.endswith(".txt")) == ["books"] * 3
     assert manifest.skipped == []
     total = 0
     for name, split in manifest.splits.items():
@@ -96,5 +99,7 @@ def test_tokenizer_sample_gathered_by_tasks_is_the_seeded_sample(tiny_config, tm
     assert manifest.inputs["sentences"] > 300  # so 150 is a real sample
     raws = [*sources.iter_wiki_pages(cfg.inputs.wiki[0])]
     raws += [sources.read_book(p) for p in sources.expand_inputs(cfg.inputs.books)[0]]
-    sentences = [s for raw in raws for s in sources.clean_document(raw, cfg.inputs.min_sentence_chars).sentences]
+    sentences = [
+        s for raw in raws for s in sources.clean_document(raw, cfg.inputs.min_sentence_chars).sentences
+    ]
     assert manifest.tokenizer_sha256 == model_sha256(train_tokenizer(sentences, cfg.tokenizer, cfg.seed))

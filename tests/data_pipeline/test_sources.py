@@ -145,3 +145,14 @@ def test_expand_inputs_resolves_packages_and_globs(tmp_path: Path) -> None:
     ]
     assert missing[0]["reason"] == "not found"
     assert "not installed" in missing[1]["reason"]
+
+
+def test_a_book_of_binary_content_is_refused_with_a_reason(tmp_path):
+    zeros = tmp_path / "zeros.txt"
+    zeros.write_bytes(b"\x00" * 4096)
+    with pytest.raises(DataError, match=r"^binary content, not text \(NUL byte at offset 0\)$"):
+        read_book(str(zeros))
+    png = tmp_path / "image.txt"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(DataError, match="offset 8"):
+        read_book(str(png))

@@ -256,3 +256,73 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
         == f"error: {tmp_path / 'missing'}: not a directory (expected a transformers checkpoint directory)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    ours = ours_random(seed=4)
+    step = save_pretrained_dir(
+        ours.config, ours.state_dict(), tmp_path / "run" / "checkpoints" / "step_00000005"
+    )
+    (step.parent / "latest").write_text(step.name + "\n")
+    return tmp_path / "run"
+
+
+def _export_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bertscale.finetune.export", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_export_onto_its_own_source_is_refused_and_deletes_nothing(tmp_path, where):
+    run = _run_dir(tmp_path)
+    before = _tree(tmp_path)
+    out = {"same": run, "inside": run / "hf", "parent": tmp_path}[where]
+    for flags in ([], ["--overwrite"]):  # not even --overwrite may replace the source
+        result = _export_cli("--to-hf", str(run), str(out), *flags)
+        assert result.returncode == 2, result.stderr
+        relation = {"same": "is", "inside": "is inside", "parent": "contains"}[where]
+        assert (
+            result.stderr
+            == f"error: OUT: {out} {relation} the input {run}; choose a separate output directory\n"
+        )
+        assert _tree(tmp_path) == before
+
+
+def test_export_into_a_non_empty_directory_needs_overwrite_and_keeps_other_files(tmp_path):
+    run = _run_dir(tmp_path)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "config.json").write_text("{}")  # a stale export: ours to replace
+    result = _export_cli("--to-hf", str(run), str(out))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: OUT: {out} is not empty (README.md, config.json); ")
+    assert "--overwrite" in result.stderr and result.stderr.count("\n") == 1
+    assert (out / "config.json").read_text() == "{}"
+    result = _export_cli("--to-hf", str(run), str(out), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (out / "README.md").read_text() == "my notes"
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == TINY["hidden_size"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temp dirs left behind
+
+
+def test_export_to_a_file_or_an_uncreatable_path_is_one_line(tmp_path):
+    run = _run_dir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    result = _export_cli("--to-hf", str(run), str(tmp_path / "afile"))
+    assert result.stderr == f"error: OUT: {tmp_path / 'afile'} is a file, not a directory\n"
+    result = _export_cli("--to-hf", str(run), str(tmp_path / "afile" / "hf"))
+    assert (
+        result.stderr
+        == f"error: OUT: cannot create {tmp_path / 'afile' / 'hf'}: {tmp_path / 'afile'} is a file\n"
+    )
+    assert (tmp_path / "afile").read_text() == "x"

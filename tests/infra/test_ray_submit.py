@@ -92,3 +92,69 @@ def test_data_pipeline_as_ray_job(tmp_path, tiny_config):
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert sorted((tmp_path / "shards").glob("train-*.tar"))
     assert manifest  # the pipeline wrote its manifest from inside the job
+
+
+@pytest.mark.slow  # a Ray head start: ~20 s idle; on an overloaded machine Ray's own 30 s raylet
+# start-up limit can end the head mid-test ("The current node timed out during startup")
+def test_token_auth_refuses_a_client_without_the_token(tmp_path, monkeypatch):
+    """A private head with its own token (not ~/.ray/auth_token): requests without it are refused."""
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    from ray._private.authentication_test_utils import reset_auth_token_state  # Ray caches the token
+
+    token = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    reset_auth_token_state()
+
+    def status(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(f"{head.address}/api/jobs/", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    client = "from ray.job_submission import JobSubmissionClient as C; import sys; C(sys.argv[1]).list_jobs()"
+    bare_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    with local_head(num_cpus=1) as head:
+        assert status({}) in (401, 403)  # plain HTTP, no token
+        assert status({"Authorization": "Bearer wrong-token"}) in (401, 403)
+        assert status({"Authorization": f"Bearer {token}"}) == 200
+        for env in (
+            {**bare_env, "RAY_AUTH_MODE": "disabled"},  # a client that sends nothing
+            {**bare_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong-token"},
+        ):
+            run = subprocess.run(
+                [sys.executable, "-c", client, head.address],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            # ray.exceptions.AuthenticationError: "Authentication required: Unauthorized: ..."
+            assert run.returncode != 0, run.stderr[-2000:]
+            assert any(word in run.stderr for word in ("uthenticat", "Unauthorized", "Forbidden")), run.stderr[-2000:]
+        run = subprocess.run(
+            [sys.executable, "-c", client, head.address],
+            env={**bare_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    monkeypatch.undo()
+    reset_auth_token_state()  # later tests read ~/.ray/auth_token again
+
+
+def test_a_cluster_client_without_any_token_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    run = subprocess.run(
+        [sys.executable, "-m", "bertscale.infra.ray_submit", "--address", "http://127.0.0.1:1",
+         "--token-file", str(tmp_path / "missing"), "--", "python", "-c", "pass"],
+        env={**env, "HOME": str(tmp_path)}, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr == f"error: --token-file {tmp_path / 'missing'}: missing or empty\n"
+    run = subprocess.run(
+        [sys.executable, "-m", "bertscale.infra.ray_submit", "--address", "http://127.0.0.1:1", "--", "true"],
+        env={**env, "HOME": str(tmp_path)}, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.startswith("error: no Ray auth token: set RAY_AUTH_TOKEN")

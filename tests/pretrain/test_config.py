@@ -58,13 +58,14 @@ def test_ds_config_is_generated_and_user_sections_override(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.micro_batch_size=0", "micro_batch_size must be >= 1"),
-        ("data.masked_lm_prob=1.5", "masked_lm_prob must be in"),
-        ("data.max_predictions_per_seq=0", "max_predictions_per_seq must be >= 1"),
+        ("data.micro_batch_size=0", r"'data.micro_batch_size' must be in \[1, inf\), got 0"),
+        ("data.masked_lm_prob=1.5", r"'data.masked_lm_prob' must be in \(0, 1\), got 1.5"),
+        ("data.max_predictions_per_seq=0", r"'data.max_predictions_per_seq' must be in \[1, inf\), got 0"),
         ("data.mlm_probability=0.2", "unknown key 'data.mlm_probability'"),  # one name: the pipeline's
         ("engine.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
         ("engine.precision=fp8", "must be one of"),
-        ("max_steps=0", "max_steps and metrics.log_every must be >= 1"),
+        ("max_steps=0", r"'max_steps' must be in \[1, inf\), got 0"),
+        ("metrics.log_every=0", r"'metrics.log_every' must be in \[1, inf\), got 0"),
         ("model.hidden_size=30", "not a multiple of num_attention_heads"),
     ],
 )

@@ -10,7 +10,7 @@ import torch
 
 from bertscale.model import BertConfig, BertForPreTraining
 from bertscale.runtime.config import OptimizerConfig, ScheduleConfig
-from bertscale.runtime.optim import Lamb, build_optimizer, build_scheduler, lr_lambda, param_groups
+from bertscale.runtime.optim import BudgetLR, Lamb, build_optimizer, build_scheduler, lr_lambda, param_groups
 
 
 def tiny_model() -> BertForPreTraining:
@@ -68,3 +68,80 @@ def test_lamb_step_matches_the_formula():
     expected = w0 - 0.1 * (w0.norm() / update.norm()) * update
     torch.testing.assert_close(w.detach(), expected)
     assert isinstance(build_optimizer(tiny_model(), OptimizerConfig(name="lamb")), Lamb)
+
+
+def _budget_run(sched, opt, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_budget_schedule_warms_up_then_decays_to_zero_at_the_budget():
+    opt = build_optimizer(tiny_model(), OptimizerConfig(lr=1e-3))
+    cfg = ScheduleConfig(warmup_steps=4, decay="linear")
+    sched = BudgetLR(opt, cfg, budget_samples=8 * 32, samples_per_step=32)  # 8 steps of 32
+    assert sched.steps_left() == 8
+    lrs = _budget_run(sched, opt, 8)
+    # the same numbers as the step schedule ending at step 8 (test_scheduler_drives_the_optimizer_lr)
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert sched.steps_left() == 0 and opt.param_groups[0]["lr"] == 0.0
+
+
+@pytest.mark.parametrize("resumed_per_step", [32, 64, 16])
+def test_budget_schedule_resumed_ends_its_decay_at_the_same_sample(resumed_per_step):
+    """Crash after 30 steps, resume (same or another global batch) from the checkpointed state."""
+    cfg = ScheduleConfig(warmup_steps=10, decay="linear")
+    budget = 100 * 32
+    model = tiny_model()
+    opt = build_optimizer(model, OptimizerConfig(lr=1e-3))
+    whole = BudgetLR(opt, cfg, budget, 32)
+    reference = _budget_run(whole, opt, 100)
+
+    opt = build_optimizer(model, OptimizerConfig(lr=1e-3))
+    first = BudgetLR(opt, cfg, budget, 32)
+    before = _budget_run(first, opt, 30)
+    saved = torch.load(_roundtrip(first.state_dict(), opt.state_dict()), weights_only=True)
+
+    opt = build_optimizer(model, OptimizerConfig(lr=1e-3))  # a fresh process: new objects
+    resumed = BudgetLR(opt, cfg, budget, resumed_per_step)
+    opt.load_state_dict(saved["optimizer"])
+    resumed.load_state_dict(saved["scheduler"])
+    left = resumed.steps_left()
+    assert left == (budget - 30 * 32) // resumed_per_step  # 70 steps of 32 samples remain
+    after = _budget_run(resumed, opt, left)
+    assert before == pytest.approx(reference[:30])
+    if resumed_per_step == 32:
+        assert after == pytest.approx(reference[30:])  # bit for bit the uninterrupted schedule
+    # in every case lr follows the samples used: 1 - (samples - warmup) / (budget - warmup)
+    samples = 30 * 32 + resumed_per_step * torch.arange(left, dtype=torch.float64)
+    expected = 1e-3 * (1 - (samples - 10 * 32) / (budget - 10 * 32))
+    assert after == pytest.approx(expected.tolist())
+    assert resumed.samples == budget and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+
+def _roundtrip(scheduler_state: dict, optimizer_state: dict):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"scheduler": scheduler_state, "optimizer": optimizer_state}, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_budget_ending_before_warmup_is_refused():
+    opt = build_optimizer(tiny_model(), OptimizerConfig(lr=1e-3))
+    with pytest.raises(ValueError, match="ends before the 10 warmup steps"):
+        BudgetLR(opt, ScheduleConfig(warmup_steps=10), budget_samples=320, samples_per_step=32)
+
+
+def test_adamw_is_fused_exactly_when_the_parameters_are_on_cuda():
+    assert not build_optimizer(tiny_model(), OptimizerConfig()).defaults["fused"]  # CPU: the plain loop
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adamw_fused_on_cuda():
+    assert build_optimizer(tiny_model().cuda(), OptimizerConfig()).defaults["fused"] is True

@@ -269,3 +269,29 @@ def test_checkpoint_between_logs_counts_every_token(synthetic_shards, tmp_path):
     for step in (2, 4):  # step 2 was not logged (log_every=3); step 4 was (the last step)
         state = json.loads((out / "checkpoints" / f"step_{step:08d}" / "trainer_state.json").read_text())
         assert state["tokens"] == sum(per_step[:step]), (step, state["tokens"], per_step)
+
+
+def _budget_tokens(shards: Path, steps: int, samples_per_step: int) -> int:
+    """A token budget worth exactly ``steps`` optimizer steps at the train split's mean sample length."""
+    from bertscale.data_pipeline.schema import load_manifest
+
+    split = load_manifest(shards).splits["train"]
+    return round(steps * samples_per_step * split.tokens / split.samples)
+
+
+@pytest.mark.slow  # two launcher runs
+@pytest.mark.distributed
+def test_token_budget_schedule_survives_a_crash_and_resume(synthetic_shards, tmp_path):
+    """Budget of 12 steps; killed after step 8; resumed with max_steps=1000: it stops at 12 with lr 0 next."""
+    budget = f"schedule.budget_tokens={_budget_tokens(synthetic_shards, 12, 16)}"  # 2 ranks x micro batch 8
+    out = tmp_path / "budget"
+    crashed = pretrain(synthetic_shards, out, budget, "debug.exit_after_step=8", "max_steps=1000")
+    assert crashed.returncode != 0
+    check(pretrain(synthetic_shards, out, budget, "max_steps=1000"))
+    lrs = {m["step"]: m["lr"] for m in metrics(out) if "lr" in m}
+    assert sorted(lrs) == list(range(1, 13))  # the budget, not max_steps, ended the run
+    # warmup 2 steps, then linear decay to 0 at the end of the 12-step budget (lr 3e-3)
+    expected = [1.5e-3, 3e-3] + [3e-3 * (1 - k / 10) for k in range(10)]
+    assert [lrs[s] for s in range(1, 13)] == pytest.approx(expected, rel=1e-6)
+    state = json.loads((out / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert state["step"] == 12
