@@ -205,16 +205,21 @@ def measure(
 
 def amdahl(one: dict, trained: dict, cap: int) -> None:
     """Projection: T(N) = serial + parallel / N from the W=1 run's seconds per token."""
-    t, tokens = one["timings"], one["inputs"]["tokens"]
+    # on a crowded host a lone worker gets part of a core: stage wall times are scaled by the share
+    # it got (CPU seconds / wall seconds of the W=1 run), so the rates are per CPU-second
+    busy = min(1.0, (one["driver_cpu"] + one["worker_cpu"]) / one["wall"])
+    t = {k: v * busy for k, v in one["timings"].items()}
+    tokens = one["inputs"]["tokens"]
     scale = FULL_WORDS * TOKENS_PER_WORD / tokens
     parallel = sum(t.get(k, 0.0) for k in PARALLEL) * scale
     sentences = trained["inputs"]["sentences"]
-    tokenizer = trained["timings"]["tokenizer"] * min(sentences * scale, cap) / sentences  # capped sample
+    tokenizer = trained["timings"]["tokenizer"] * busy * min(sentences * scale, cap) / sentences  # capped
     linear_serial = sum(t[k] for k in ("join", "plan", "write")) * scale
     per_task = one["driver_cpu"] / (len(PARALLEL) * 4)  # driver CPU per scheduled task (4 tasks/worker/stage)
     print(
         f"\nAmdahl projection, English Wikipedia + books ({FULL_WORDS / 1e6:,.0f}M words x {TOKENS_PER_WORD}"
-        f" = {FULL_WORDS * TOKENS_PER_WORD / 1e9:.1f}B tokens, {scale:,.0f}x the measured corpus):"
+        f" = {FULL_WORDS * TOKENS_PER_WORD / 1e9:.1f}B tokens, {scale:,.0f}x the measured corpus; stage times"
+        f" x {busy:.2f}, the CPU share the W=1 run got):"
     )
     print(f"  parallel work {parallel / 3600:,.1f} CPU-hours; serial: tokenizer on its capped sample")
     print(f"  {tokenizer / 60:,.1f} min, corpus join + plan + manifest {linear_serial / 60:,.1f} min, driver")

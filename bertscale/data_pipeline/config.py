@@ -75,8 +75,15 @@ class SplitConfig:
 
 @dataclass
 class DedupConfig:
-    """Document-level deduplication (off by default: on the demo corpus it costs more than it
-    saves, see README) and the contamination report."""
+    """Document-level deduplication (off by default: on the demo corpus it costs 12% of the wall
+    time to drop 2% of the documents, see README) and the contamination report."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "threshold": "(0, 1)",
+        "num_perm": "[2, inf)",
+        "shingle_words": "[1, inf)",
+        "contamination_ngram": "[1, inf)",
+    }
 
     exact: bool = False  # drop a document whose text equals an earlier one's
     near: bool = False  # drop a document that MinHash LSH finds similar to an earlier one
@@ -86,12 +93,6 @@ class DedupConfig:
     # fine-tuning test files (text, one example per line): report their n-grams found in the corpus
     contamination: list[str] = field(default_factory=list)
     contamination_ngram: int = 13
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.num_perm < 2 or self.shingle_words < 1 or self.contamination_ngram < 1:
-            raise ValueError("num_perm must be >= 2, shingle_words and contamination_ngram >= 1")
 
 
 @dataclass

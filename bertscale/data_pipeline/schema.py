@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import re
 import tarfile
@@ -344,3 +345,247 @@ def load_manifest(root: str | Path) -> Manifest:
         raise
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: malformed manifest ({err})") from None
+
+
+# --- fast whole-shard reading (the training input path) ------------------------------------------
+
+_NPY_DESCR = {np.dtype(np.int32): b"'<i4'", np.dtype(np.uint8): b"'|u1'", np.dtype(np.int16): b"'<i2'"}
+_FIELDS = (*ARRAY_FIELDS, LABEL_FIELD)
+
+
+@dataclass
+class ShardArrays:
+    """Every sample of one shard as flat arrays; sample ``i`` is ``input_ids[offsets[i]:offsets[i+1]]``.
+
+    Masked draws of sample ``i`` are ``masked_positions[mask_offsets[i]:mask_offsets[i+1]]``, a
+    (D, M_i) block row-major, likewise ``masked_ids``.
+    """
+
+    path: Path
+    keys: list[str]
+    input_ids: np.ndarray  # (N,) int32, all samples back to back
+    token_type_ids: np.ndarray  # (N,) uint8
+    offsets: np.ndarray  # (n + 1,) int64
+    masked_positions: np.ndarray  # (K,) int16
+    masked_ids: np.ndarray  # (K,) int32
+    mask_offsets: np.ndarray  # (n + 1,) int64
+    mask_draws: np.ndarray  # (n,) int64: D of each sample
+    next_sentence_label: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _tar_members(buf: bytes, path: Path) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of each regular member; the tar headers are walked once."""
+    offset, end = 0, len(buf)
+    long_name: str | None = None
+    while offset + 512 <= end:
+        header = buf[offset : offset + 512]
+        if header[0] == 0:  # end-of-archive block
+            return
+        try:
+            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise DataError(f"{path}: corrupt or truncated shard (bad tar header at byte {offset})") from None
+        start = offset + 512
+        if start + size > end:
+            raise DataError(f"{path}: corrupt or truncated shard (member at byte {offset} runs past the end)")
+        kind = header[156:157]
+        if kind == b"x":  # a pax header: the next member's long name
+            for record in buf[start : start + size].split(b"\n"):
+                _, _, item = record.partition(b" ")
+                if item.startswith(b"path="):
+                    long_name = item[5:].decode("utf-8", "replace")
+        elif kind in (b"0", b"\0"):
+            name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            long_name = None
+            yield name, start, size
+        offset = start + (size + 511) // 512 * 512
+    raise DataError(f"{path}: corrupt or truncated shard (no end-of-archive marker)")
+
+
+def _npy_data(
+    buf: bytes, start: int, size: int, dtype: np.dtype, where: str
+) -> tuple[int, int, tuple[int, ...]]:
+    """(data offset, element count, shape) of a .npy member, checked against ``dtype``; no copy."""
+    if buf[start : start + 6] != b"\x93NUMPY":
+        raise DataError(f"{where} is not a .npy array")
+    if buf[start + 6] == 1:
+        hlen, hstart = int.from_bytes(buf[start + 8 : start + 10], "little"), start + 10
+    else:
+        hlen, hstart = int.from_bytes(buf[start + 8 : start + 12], "little"), start + 12
+    header = buf[hstart : hstart + hlen]
+    if _NPY_DESCR[dtype] not in header or b"'fortran_order': False" not in header:
+        raise DataError(
+            f"{where} has dtype/order other than {dtype} C-order ({header.decode(errors='replace')})"
+        )
+    shape_at = header.find(b"'shape': (") + 10
+    shape = tuple(int(x) for x in header[shape_at : header.find(b")", shape_at)].split(b",") if x.strip())
+    data = hstart + hlen
+    count = (start + size - data) // dtype.itemsize
+    if int(np.prod(shape)) != count:
+        raise DataError(f"{where} holds {count} values, its header says shape {shape}")
+    return data, count, shape
+
+
+def _npy_members(
+    buf: bytes, members: list[int], field_name: str, keys: list[str], path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data offsets, element counts, first dimension) of a field's .npy members, all at once.
+
+    ``members`` is [start, size, start, size, ...]. Headers as ``np.save`` writes them (v1, keys in
+    order) are checked with array compares; any other header is parsed one by one.
+    """
+    dtype = ARRAY_FIELDS[field_name]
+    where = np.array(members, dtype=np.int64).reshape(-1, 2)
+    starts, sizes = where[:, 0], where[:, 1]
+    whole = np.frombuffer(buf, dtype=np.uint8)
+    prefix = b"\x93NUMPY\x01\x00"
+    text = b"{'descr': " + _NPY_DESCR[dtype] + b", 'fortran_order': False, 'shape': ("
+
+    def at(offsets: np.ndarray, width: int) -> np.ndarray:
+        return whole[np.minimum(offsets[:, None] + np.arange(width), len(whole) - 1)]
+
+    ok = (at(starts, 8) == np.frombuffer(prefix, np.uint8)).all(1) & (sizes >= 10 + len(text))
+    ok &= (at(starts + 10, len(text)) == np.frombuffer(text, np.uint8)).all(1)
+    header = at(starts + 8, 2).astype(np.int64)
+    data = starts + 10 + header[:, 0] + (header[:, 1] << 8)
+    nbytes = starts + sizes - data
+    ok &= (nbytes >= 0) & (nbytes % dtype.itemsize == 0)
+    counts = nbytes // dtype.itemsize
+    first = counts.copy()  # 1-D: the length; 2-D: D, read below
+    digits = at(starts + 10 + len(text), 4)  # "5, 19)" -> D; at most 3 digits then ','
+    if field_name in ("masked_positions", "masked_ids"):
+        is_digit = (digits >= ord("0")) & (digits <= ord("9"))
+        width = np.argmin(is_digit, axis=1)  # digits before the ','
+        ok &= (width > 0) & (digits[np.arange(len(digits)), width] == ord(","))
+        value = np.zeros(len(digits), np.int64)
+        for j in range(digits.shape[1] - 1):
+            value = np.where(j < width, value * 10 + (digits[:, j].astype(np.int64) - ord("0")), value)
+        first = value
+    for i in np.flatnonzero(~ok):  # a header np.save would not write: parse it in full
+        d, c, shape = _npy_data(
+            buf, int(starts[i]), int(sizes[i]), dtype, f"{path}: sample '{keys[i]}' {field_name}"
+        )
+        data[i], counts[i], first[i] = d, c, shape[0] if shape else 1
+    return data, counts, first
+
+
+def _gather(
+    buf: bytes, dtype: np.dtype, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's elements back to back (one fancy index for the shard) and the offsets."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    size = dtype.itemsize
+    if not (starts % size).any():  # .npy data is 64-byte aligned in a tar: index whole elements
+        whole = np.frombuffer(buf, dtype=dtype, count=len(buf) // size)
+        return whole[np.repeat(starts // size - offsets[:-1], counts) + np.arange(offsets[-1])], offsets
+    byte = np.repeat(starts - offsets[:-1] * size, counts) + np.arange(offsets[-1]) * size
+    raw = np.frombuffer(buf, dtype=np.uint8)[byte[:, None] + np.arange(size)]
+    return raw.reshape(-1).view(dtype), offsets
+
+
+def load_shard(
+    path: str | Path, *, vocab_size: int, expected_samples: int | None = None, special: SpecialTokens | None = None
+) -> ShardArrays:
+    """Read and check a whole shard at once: tar layout parsed once, arrays taken at their offsets.
+
+    Besides the layout, values are checked against the manifest: token and masked ids below
+    ``vocab_size``, token types 0/1, positions inside their sequence, the sample count, and with
+    ``special`` (the manifest's) the [CLS] ... [SEP] frame. Any problem
+    is one :class:`DataError` naming the shard (and the sample).
+    """
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: unreadable shard ({err})") from None
+    names: dict[str, list[str]] = {f: [] for f in _FIELDS}  # field -> key of each of its members
+    found: dict[str, list[int]] = {f: [] for f in _FIELDS}  # field -> [start, size, start, size, ...]
+    for name, start, size in _tar_members(buf, path):
+        key, dot, suffix = name.partition(".")
+        if not dot:
+            raise DataError(f"{path}: member '{name}' is not named key.field")
+        field_name = suffix.rpartition(".")[0]
+        if field_name in names:  # other members (webdataset allows extras) are not ours to read
+            names[field_name].append(key)
+            found[field_name] += (start, size)
+    keys = names["input_ids"]
+    for field_name, field_keys in names.items():
+        if field_keys != keys:
+            missing = next((a for a, b in itertools.zip_longest(keys, field_keys) if a != b), None)
+            missing = missing or next(k for k in field_keys if k not in set(keys))
+            raise DataError(f"{path}: sample '{missing}' lacks or repeats its {field_name} member")
+    if len(set(keys)) != len(keys):
+        raise DataError(f"{path}: a sample key occurs twice")
+    if expected_samples is not None and len(keys) != expected_samples:
+        raise DataError(f"{path}: holds {len(keys)} samples, the manifest says {expected_samples}")
+
+    arrays, offsets, draws = {}, {}, None
+    for field_name in ARRAY_FIELDS:
+        data, counts, first = _npy_members(buf, found[field_name], field_name, keys, path)
+        arrays[field_name], offsets[field_name] = _gather(buf, ARRAY_FIELDS[field_name], data, counts)
+        if field_name == "masked_positions":
+            draws = first
+    label_at = np.array(found[LABEL_FIELD], dtype=np.int64).reshape(-1, 2)
+    if len(label_at) and (label_at[:, 1] == 1).all():  # "0" / "1": one byte each
+        labels = np.frombuffer(buf, dtype=np.uint8)[label_at[:, 0]].astype(np.int64) - ord("0")
+    else:
+        try:
+            labels = np.array([int(buf[a : a + n].strip()) for a, n in label_at], dtype=np.int64)
+        except ValueError:
+            raise DataError(f"{path}: a sample has a non-integer {LABEL_FIELD}") from None
+    assert draws is not None
+    shard = ShardArrays(
+        path, keys, arrays["input_ids"], arrays["token_type_ids"], offsets["input_ids"],
+        arrays["masked_positions"], arrays["masked_ids"], offsets["masked_positions"], draws, labels,
+    )  # fmt: skip
+    _check_values(shard, vocab_size, offsets["token_type_ids"], offsets["masked_ids"], special)
+    return shard
+
+
+def _check_values(
+    s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray, special: SpecialTokens | None
+) -> None:
+    """The shard's values against the contract and the manifest vocabulary, all samples at once."""
+    lengths, n = s.lengths, len(s.keys)
+
+    def fail(bad: np.ndarray, problem: str) -> None:
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{s.path}: sample '{s.keys[first]}' {problem}")
+
+    def per_sample(flat_bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        counts = np.concatenate([[0], np.cumsum(flat_bad)])
+        return counts[offsets[1:]] > counts[offsets[:-1]]
+
+    if n == 0:
+        return
+    fail(lengths < 3, "has fewer than 3 tokens")
+    if special is not None:
+        fail(s.input_ids[s.offsets[:-1]] != special.cls_id, "input_ids must start with [CLS]")
+        fail(s.input_ids[s.offsets[1:] - 1] != special.sep_id, "input_ids must end with [SEP]")
+    ids_bad = (s.input_ids < 0) | (s.input_ids >= vocab_size)
+    fail(per_sample(ids_bad, s.offsets), f"has a token id outside the manifest vocab [0, {vocab_size})")
+    fail(np.diff(type_offsets) != lengths, "token_type_ids shape differs from input_ids")
+    fail(per_sample(s.token_type_ids > 1, s.offsets), "has a token type other than 0/1")
+    fail(np.diff(id_offsets) != np.diff(s.mask_offsets), "masked_positions/masked_ids differ in shape")
+    mask_counts = np.diff(s.mask_offsets)
+    fail(
+        (s.mask_draws < 1) | (mask_counts % np.maximum(s.mask_draws, 1) != 0),
+        "masked_positions must be a (D, M) array",
+    )
+    limit = np.repeat(lengths, np.diff(s.mask_offsets))
+    fail(per_sample((s.masked_positions < 0) | (s.masked_positions >= limit), s.mask_offsets),
+         "has masked_positions out of range")  # fmt: skip
+    ids_bad = (s.masked_ids < 0) | (s.masked_ids >= vocab_size)
+    fail(per_sample(ids_bad, s.mask_offsets), f"has a masked id outside the manifest vocab [0, {vocab_size})")
+    fail((s.next_sentence_label != NEXT_IS_REAL) & (s.next_sentence_label != NEXT_IS_RANDOM),
+         "next_sentence_label must be 0 or 1")  # fmt: skip

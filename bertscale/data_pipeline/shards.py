@@ -1,8 +1,8 @@
 """WebDataset tar shards and manifest.json; every file lands atomically (temp + rename).
 
 Workers serialise a whole block of samples into tar records (headers + npy members) with numpy
-(:func:`_records`: no per-sample Python) and spill them to a file (:class:`RecordFile`); the
-driver reads back one shard's records at a time and joins them. Tars are
+(:func:`_records`: no per-sample Python) and spill them to a file (:class:`RecordFile`); shard
+tasks read back one shard's records at a time and join them. Tars are
 byte-reproducible: members in sample order, zero mtimes/uids, fixed modes, so the sha256 in the
 manifest is the same for the same seed however many workers ran. The records are exactly what
 ``schema.encode_sample`` put through ``tarfile`` gives (pinned by tests); ``npy_bytes`` and
@@ -175,8 +175,8 @@ _MEMBER_SUFFIXES = [f".{name}.npy".encode() for name in ARRAY_FIELDS] + [f".{LAB
 
 
 class RecordFile:
-    """Tar records a worker spilled to disk; the driver reads one sample at a time with pread
-    (no mapping, so its memory never grows with the dataset)."""
+    """Tar records a worker spilled to disk; a shard task reads one sample at a time with pread
+    (no mapping, so its memory holds one shard, whatever the dataset)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)

@@ -1,9 +1,11 @@
-"""Intermediate results on disk, so the Ray driver holds counts and per-document sizes, never the corpus.
+"""Intermediate results on disk, written and read by tasks, so the Ray driver holds counts, never the corpus.
 
 A run spills into one directory inside the output's temporary directory (gone when the output
 is published):
 
     clean-{u:06d}-{i:06d}.bin  cleaned documents of batch i of read unit u (a file or byte range)
+    signatures-{g:06d}.npz    exact hashes + MinHash signatures of group g's documents (dedup on)
+    sample-{g:06d}.bin        the tokenizer's seeded sample of group g's sentences (above the cap)
     encoded-{p:06d}.*.bin     token ids, sentence lengths, sentences per document of encode part p
     tokens.bin, sentence_offsets.bin, document_offsets.bin    the joined corpus (memory-mapped)
     records-{p:06d}.bin       tar records of the samples of document range p

@@ -19,6 +19,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,10 @@ def main(argv: Sequence[str]) -> None:
     print(shlex.join(cmd), flush=True)
     if not args.dry_run:
         # exec, so the scheduler's signals (srun cancel, pod termination) reach the launcher directly.
+        # SIGUSR1 asks the ranks to checkpoint and exit (SLURM --signal reaches every process of the
+        # step): ignored here, the ignore survives exec and the DeepSpeed launcher's children, whose
+        # training ranks install their own handler (bertscale.runtime.faults).
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         os.execvp(cmd[0], cmd)
 
 

@@ -18,7 +18,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 def cli() -> None:
-    sys.exit(run_cli(main))
+    from bertscale.runtime.faults import Preempted
+
+    try:
+        sys.exit(run_cli(main))
+    except Preempted as stop:  # checkpointed on SIGTERM/SIGUSR1: the scheduler requeues on this status
+        sys.exit(stop.exit_status)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Layout::
         latest                    text: the name of the newest complete step dir
         step_{N:08d}/             a model directory (bertscale.model_dir) plus:
             config.yaml           the resolved run config
-            trainer_state.json    step, tokens, world size, data positions per rank
+            trainer_state.json    step, tokens, world size, ZeRO stage, data position (the same for
+                                  every world size: see pretrain.data), corrupt shards skipped
             deepspeed/            DeepSpeed engine checkpoint (optimizer, scheduler, ZeRO shards;
                                   per-rank RNG states in its client_state)
 
@@ -21,11 +22,21 @@ Public API:
     save_checkpoint(engine, checkpoints_dir, step, *, bert_config, run_config, tokenizer, trainer_state,
                     keep_last) -> Path
     find_resume(resume, output_dir) -> Path | None       auto | never | PATH -> a step dir
-    load_checkpoint(engine, step_dir) -> dict            restores engine + RNG; returns trainer_state
+    read_trainer_state(step_dir) -> dict                 step, tokens, world_size, zero_stage, data position
+    needs_universal(state, world_size, zero_stage)       whether ZeRO partitions must be re-cut
+    universal_checkpoint(step_dir, cache) -> Path        DeepSpeed universal form (ds_to_universal), cached
+    load_checkpoint(engine, step_dir, universal) -> dict restores engine (+ RNG); returns trainer_state
+
+Elastic resume: a checkpoint written by N ranks at ZeRO stage k resumes on M ranks at stage j
+(1-3): rank 0 converts it once with DeepSpeed's ``ds_to_universal`` (every load in it weights-only)
+and every rank loads its new partition of fp32 weights and optimizer state from that.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -84,7 +95,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Collective: every rank calls it. ``trainer_state['data']`` is this rank's data position."""
+    """Collective: every rank calls it; ``trainer_state`` (the same on every rank) goes to JSON."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     name = step_dir_name(step)
     final, tmp = checkpoints_dir / name, checkpoints_dir / f".{name}.tmp"
@@ -93,14 +104,13 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     rng_states = all_gather_object(_rng_state())
-    data_states = all_gather_object(trainer_state.get("data"))
     engine.save_checkpoint(str(tmp / DEEPSPEED), tag=name, client_state={"step": step, "rng": rng_states})
     weights = consolidated_state_dict(engine)  # collective
     barrier()  # every rank's shards are on disk
     if rank == 0:
         write_model_dir(tmp, bert_config, weights, tokenizer)
         save_config(run_config, tmp / "config.yaml")
-        state = {**trainer_state, "step": step, "data": data_states}
+        state = {**trainer_state, "step": step}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
         if os.environ.get(PAUSE_IN_SAVE) == str(step):  # a crash here must leave `latest` intact
             log.warning("%s=%d: pausing before publishing %s", PAUSE_IN_SAVE, step, name)
@@ -139,23 +149,87 @@ def find_resume(resume: str, output_dir: Path) -> Path | None:
     return step_dir
 
 
-def load_checkpoint(engine: Any, step_dir: Path) -> dict[str, Any]:
-    """Restore model, optimizer, LR scheduler and this rank's RNG; return trainer_state (own position)."""
+def read_trainer_state(step_dir: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a step dir: step, tokens, world_size, zero_stage, data position."""
     state_file = step_dir / "trainer_state.json"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{state_file}: unreadable trainer state ({err})") from None
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if len(state["data"]) != world:
+    if not isinstance(state.get("data"), dict):  # written before elastic resume: one position per rank
+        raise CheckpointError(f"{state_file}: data position from an older format; resume with init_from")
+    return state
+
+
+def needs_universal(state: dict[str, Any], world_size: int, zero_stage: int) -> bool:
+    """Whether the saved ZeRO partitions must be re-cut (another world size or ZeRO stage)."""
+    saved_stage = state.get("zero_stage", zero_stage)
+    if (state["world_size"], saved_stage) == (world_size, zero_stage):
+        return False
+    if saved_stage == 0 and zero_stage == 0:  # nothing is partitioned: DeepSpeed loads it as is
+        return False
+    if 0 in (saved_stage, zero_stage):
         raise CheckpointError(
-            f"{step_dir}: saved by {len(state['data'])} ranks, resumed with {world}; "
-            "resume needs the same world size (init_from loads the weights alone)"
+            f"resume: saved with engine.zero_stage={saved_stage}, this run has {zero_stage}; "
+            "ZeRO stage 0 and stages 1-3 do not convert into each other (init_from loads the weights alone)"
         )
-    with weights_only_loading(step_dir / DEEPSPEED):
-        load_path, client_state = engine.load_checkpoint(str(step_dir / DEEPSPEED), tag=step_dir.name)
+    return True
+
+
+def universal_checkpoint(step_dir: Path, cache: Path) -> Path:
+    """DeepSpeed's universal form of ``step_dir`` (``ds_to_universal``), made once by rank 0 under ``cache``.
+
+    Returns the dir to pass to ``engine.load_checkpoint`` with tag ``step_dir.name``. Collective.
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    final = cache / step_dir.name
+    if rank == 0 and not (final / step_dir.name / "zero").is_dir():
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        tmp = cache / f".{step_dir.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = argparse.Namespace(
+            input_folder=str(step_dir / DEEPSPEED / step_dir.name),
+            output_folder=str(tmp / step_dir.name),
+            num_extract_workers=1,  # in this process: weights-only loading covers every load
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,
+        )
+        log.info("converting %s to a universal checkpoint for another world size / ZeRO stage", step_dir)
+        try:
+            chatter = io.StringIO()  # its prints and progress bars
+            with (
+                weights_only_loading(step_dir / DEEPSPEED),
+                contextlib.redirect_stdout(chatter),
+                contextlib.redirect_stderr(chatter),
+            ):
+                ds_to_universal(args)
+        except CheckpointError:
+            raise
+        except Exception as err:  # DeepSpeed raises bare AssertionError/KeyError on what it cannot convert
+            raise CheckpointError(f"{step_dir}: cannot convert to a universal checkpoint ({err!r})") from None
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    barrier()
+    return final
+
+
+def load_checkpoint(engine: Any, step_dir: Path, universal: Path | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, LR scheduler (and, at the same world size, this rank's RNG).
+
+    ``universal``: the converted checkpoint (:func:`universal_checkpoint`) when the world size or
+    ZeRO stage changed; the engine was then built with ``checkpoint.load_universal``.
+    Returns trainer_state.
+    """
+    state = read_trainer_state(step_dir)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    load_dir = universal if universal is not None else step_dir / DEEPSPEED
+    with weights_only_loading(load_dir):
+        load_path, client_state = engine.load_checkpoint(str(load_dir), tag=step_dir.name)
     if load_path is None or client_state is None:
-        raise CheckpointError(f"{step_dir / DEEPSPEED}: DeepSpeed found no checkpoint '{step_dir.name}'")
-    _set_rng_state(client_state["rng"][rank])
-    return {**state, "data": state["data"][rank]}
+        raise CheckpointError(f"{load_dir}: DeepSpeed found no checkpoint '{step_dir.name}'")
+    if universal is None and len(client_state["rng"]) == state["world_size"]:
+        _set_rng_state(client_state["rng"][rank])
+    return state

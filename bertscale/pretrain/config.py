@@ -99,6 +99,9 @@ class DebugConfig:
     RANGES: ClassVar[dict[str, str]] = {"exit_after_step": "[1, inf)"}
 
     exit_after_step: int | None = None  # hard-exit every rank after this step (tests crash + resume)
+    stall_at_step: int | None = None  # rank stall_rank hangs before this step (tests collective timeouts)
+    stall_rank: int = 1
+    log_sample_ids: bool = False  # {output_dir}/sample_ids.rank{R}.jsonl: step, micro batch, sample ids
 
 
 @dataclass

@@ -1,33 +1,38 @@
-"""Resumable WebDataset reader for pretraining: shards split by rank and worker, MLM masking, collate.
+"""Pretraining input: which samples form each global step (lanes), batch masking, collate, the loader.
 
 Public API:
-    ReaderPosition                     where one reader is: (epoch, shard_cursor, sample_offset)
-    StreamState                        a rank's position: batches consumed + one ReaderPosition per worker
-    PretrainBatches(root, split, ...)  iterable of padded HF-style batches; ``.state`` after each batch,
-                                       ``.skipped_shards`` (corrupt shards passed over under "skip")
+    PretrainBatches(root, split, ...)  iterable of this rank's micro batches from ``start_step``;
+                                       ``.skipped`` (names of corrupt shards passed over under "skip"),
+                                       ``.position()`` what a checkpoint records
     eval_batches(root, split, ...)     fixed evaluation batches, the same count on every rank
     mask_static(sample, draw), mask_dynamic(sample, rng, vocab, masked_lm_prob, max_predictions)
+    mask_batch(input_ids, rng, vocab, masked_lm_prob, max_predictions)   a padded batch at once
                                        (the rule itself is bertscale.masking's)
-    collate(examples, pad_id)          -> HF batch: input_ids, token_type_ids, attention_mask, labels,
-                                          next_sentence_label
+    collate(input_ids, token_type_ids, lengths, labels, next_sentence_label) -> HF batch
 
-The shard stream is the concatenation of per-epoch shard permutations (seeded by ``(seed, epoch)``).
-Reader ``k`` of ``N = world_size * workers`` reads stream entries ``k, k + N, k + 2N, ...``, so
-every reader has data whatever the shard count, and the assignment of samples to global batches
-does not depend on how the N readers are split into ranks and workers (a 1-rank run with 2
-workers and 2 accumulation steps sees exactly the batches of a 2-rank run). A position is a
-stream index and a sample offset: resuming opens that one shard and skips ``offset`` samples
-without decoding them, so resume never re-reads consumed data.
+The global sample sequence (exact resume at any world size). A global batch of ``G`` sequences is
+``P = G / micro_batch_size`` micro batches; micro batch ``u`` of every step comes from *lane*
+``u``. The shard stream is the concatenation of per-epoch shard permutations (seeded by
+``(seed, epoch)``); lane ``u`` reads stream entries ``u, u + P, u + 2P, ...`` in order, so
+sample ``j`` of lane ``u`` is entry ``u + (j // S) * P`` at offset ``j % S`` (``S`` samples per
+shard). Micro batch ``u`` of step ``s`` is lane ``u``'s samples ``[s * m, (s + 1) * m)`` and its
+dynamic masks are drawn from one generator seeded by ``(seed, s, u)``. Rank ``r`` of ``W``
+with ``A`` accumulation steps trains micro batches ``u = a * W + r`` (``a < A``): any ``W x A = P``
+sees the same samples and masks in the same steps, loader workers only change who decodes, and
+a position is just the step: resume opens the one shard it needs.
+
+Shards are read whole (:func:`bertscale.data_pipeline.schema.load_shard`) and checked against
+the manifest when opened. Under ``on_corrupt_shard="skip"`` a corrupt shard is replaced by the
+next good shard of the same epoch's order (same offsets), so every reader makes the same choice
+without talking to the others; each corrupt shard is logged and counted once.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
+import json
 import logging
-import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,38 +40,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bertscale.data_pipeline.schema import Sample, load_manifest, read_shard
+from bertscale.data_pipeline.schema import Sample, ShardArrays, load_manifest, load_shard, read_shard
 from bertscale.errors import DataError
-from bertscale.masking import IGNORE_INDEX, MaskingVocab, apply_mask, mask_sequence
+from bertscale.masking import (
+    IGNORE_INDEX,
+    MaskingVocab,
+    apply_mask,
+    mask_sequence,
+    num_predictions,
+    replacement,
+)
+from bertscale.runtime.faults import ignore_preemption_signals
 
 log = logging.getLogger("bertscale")
 
 Batch = dict[str, torch.Tensor]
-Example = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # input_ids, labels, token_type_ids, nsp label
+OPEN_SHARDS = 3  # shards a reader keeps decoded (a micro batch spans at most two)
 
 
-@dataclass
-class ReaderPosition:
-    epoch: int = 0
-    shard_cursor: int = 0  # index into the endless shard stream (epoch = cursor // num_shards)
-    sample_offset: int = 0  # samples of that shard already consumed
-    skipped_shards: int = 0  # corrupt shards this reader skipped (on_corrupt_shard="skip")
-
-
-@dataclass
-class StreamState:
-    batches: int = 0  # batches this rank consumed (decides which worker serves the next one)
-    workers: list[ReaderPosition] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StreamState:
-        return cls(data["batches"], [ReaderPosition(**w) for w in data["workers"]])
-
-
-# --- masking (pure functions of the sample and an explicit generator) --------------------------
+# --- masking and collation (pure functions of arrays and an explicit generator) -----------------
 
 
 def mask_static(sample: Sample, draw: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,60 +71,65 @@ def mask_dynamic(
     sample: Sample, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
     max_predictions: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """A mask drawn afresh by the pipeline's rule; returns (input_ids, labels)."""
+    """A mask drawn afresh for one sample by the pipeline's rule; returns (input_ids, labels)."""
     return mask_sequence(sample.input_ids, rng, vocab, masked_lm_prob, max_predictions)
 
 
-def collate(examples: list[Example], pad_id: int) -> Batch:
-    """(input_ids, labels, token_type_ids, nsp_label) examples -> right-padded HF-style batch."""
-    length = max(len(ids) for ids, *_ in examples)
-    size = len(examples)
-    input_ids = torch.full((size, length), pad_id, dtype=torch.long)  # the manifest's [PAD]
-    labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
-    token_type_ids = torch.zeros((size, length), dtype=torch.long)
-    attention_mask = torch.zeros((size, length), dtype=torch.long)
-    for i, (ids, lab, types, _) in enumerate(examples):
-        n = len(ids)
-        input_ids[i, :n] = torch.from_numpy(ids)
-        labels[i, :n] = torch.from_numpy(lab)
-        token_type_ids[i, :n] = torch.from_numpy(types.astype(np.int64))
-        attention_mask[i, :n] = 1
+def mask_batch(
+    input_ids: np.ndarray, rng: np.random.Generator, vocab: MaskingVocab, masked_lm_prob: float,
+    max_predictions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The masking rule of :mod:`bertscale.masking` (candidates, count, 80/10/10) for a padded (B, T)
+    batch with one generator: each row's subset is its ``count`` smallest uniform keys."""
+    candidates = ~vocab.is_special[input_ids]  # (B, T); [PAD] is special: padding is never chosen
+    count = num_predictions(candidates.sum(1), masked_lm_prob, max_predictions)
+    keys = rng.random(input_ids.shape)
+    keys[~candidates] = 2.0
+    kth = np.sort(keys, axis=1)[np.arange(len(keys)), np.maximum(count - 1, 0)]
+    chosen = candidates & (keys <= kth[:, None]) & (count[:, None] > 0)
+    roll, pick = rng.random((2, int(chosen.sum())))
+    labels = np.where(chosen, input_ids, IGNORE_INDEX)
+    ids = input_ids.copy()
+    ids[chosen] = replacement(roll, pick, input_ids[chosen], vocab)
+    return ids, labels
+
+
+def collate(
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    next_sentence_label: np.ndarray,
+) -> Batch:
+    """Padded (B, T) arrays -> HF-style batch tensors; T is the longest sequence of the batch."""
+    attention_mask = np.arange(input_ids.shape[1]) < lengths[:, None]
     return {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "next_sentence_label": torch.tensor([e[3] for e in examples], dtype=torch.long),
+        "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+        "token_type_ids": torch.from_numpy(np.ascontiguousarray(token_type_ids, dtype=np.int64)),
+        "attention_mask": torch.from_numpy(attention_mask.astype(np.int64)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        "next_sentence_label": torch.from_numpy(np.asarray(next_sentence_label, dtype=np.int64)),
     }
 
 
-# --- the reader ---------------------------------------------------------------------------------
+def _pad(flat: np.ndarray, lengths: np.ndarray, width: int, fill: int) -> np.ndarray:
+    out = np.full((len(lengths), width), fill, dtype=np.int64)
+    out[np.arange(width) < lengths[:, None]] = flat
+    return out
 
 
-class _ShardStream(IterableDataset):
-    """Runs inside each DataLoader worker: yields (batch, logical_worker, position_after_batch)."""
+def _rows(shard: ShardArrays, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat element indices of ``rows`` in ``shard.input_ids`` (and their lengths)."""
+    starts, lengths = shard.offsets[rows], shard.lengths[rows]
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(starts - first, lengths) + np.arange(lengths.sum()), lengths, starts
 
-    def __init__(self, owner: PretrainBatches):
-        self.owner = owner
 
-    def __iter__(self) -> Iterator[tuple[Any, int, ReaderPosition]]:
-        o = self.owner
-        info = get_worker_info()
-        physical = info.id if info is not None else 0
-        # DataLoader serves batch i from worker i % W; rotate so the next batch after a resume
-        # comes from the reader that would have served it in an uninterrupted run.
-        logical = (physical + o.state.batches) % o.workers
-        reader = o.rank * o.workers + logical
-        position = dataclasses.replace(o.state.workers[logical])
-        try:
-            for batch in o.read_batches(reader, position):
-                yield batch, logical, dataclasses.replace(position)
-        except DataError as err:  # crossing the worker boundary would bury the message in a traceback
-            yield None, logical, str(err)  # type: ignore[misc]
+# --- the sampler and reader ----------------------------------------------------------------------
 
 
 class PretrainBatches:
-    """Endless (``loop=True``) or one-pass stream of this rank's padded MLM+NSP batches."""
+    """Endless stream of this rank's micro batches (HF keys), from global step ``start_step``."""
 
     def __init__(
         self,
@@ -142,109 +139,206 @@ class PretrainBatches:
         micro_batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        gradient_accumulation_steps: int = 1,
         num_workers: int = 0,
         masking: Literal["static", "dynamic"] = "static",
         masked_lm_prob: float = 0.15,
         max_predictions_per_seq: int | None = None,
         seed: int = 0,
-        loop: bool = True,
         max_position_embeddings: int | None = None,
-        state: StreamState | None = None,
+        start_step: int = 0,
         on_corrupt_shard: Literal["fail", "skip"] = "fail",
+        sample_log: Path | None = None,
     ):
         self.root = Path(root)
         manifest = load_manifest(self.root)
         self.shards = manifest.shard_paths(self.root, split)
         if not self.shards:
             raise DataError(f"{self.root}: split '{split}' has no shards")
+        self.expected = {
+            p: s.samples for p, s in zip(self.shards, manifest.splits[split].shards, strict=True)
+        }
+        self.per_shard = manifest.splits[split].samples_per_shard
+        if set(self.expected.values()) != {self.per_shard}:
+            raise DataError(f"{self.root / 'manifest.json'}: shards of '{split}' differ in sample count")
         if max_position_embeddings is not None and manifest.max_seq_length > max_position_embeddings:
             raise DataError(
                 f"{self.root}: shards hold sequences up to {manifest.max_seq_length} tokens, "
                 f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
+        self.vocab_size = manifest.vocab_size
         self.special = manifest.special()  # the tokenizer's ids, never constants
         self.vocab = self.special.masking_vocab()
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
+        self.accumulation = gradient_accumulation_steps
+        self.lanes = world_size * gradient_accumulation_steps  # micro batches per global step
         self.num_workers = num_workers
-        self.workers = max(1, num_workers)  # in-process reading counts as one worker
-        self.readers = world_size * self.workers
-        self.masking, self.seed, self.loop = masking, seed, loop
+        self.masking, self.seed = masking, seed
         self.masked_lm_prob, self.max_predictions_per_seq = masked_lm_prob, max_predictions_per_seq
         self.on_corrupt_shard = on_corrupt_shard
-        if state is None:
-            first = [rank * self.workers + w for w in range(self.workers)]
-            state = StreamState(0, [ReaderPosition(0, k, 0) for k in first])
-        elif len(state.workers) != self.workers:
-            raise DataError(
-                f"saved data position has {len(state.workers)} workers per rank, config has {self.workers}"
-            )
-        self.state = state
+        self.start_step = start_step
+        self.served = 0  # micro batches handed out by __iter__
+        self.current = (start_step, -1)  # (step, micro batch) of the batch handed out last
+        self.skipped: set[str] = set()  # corrupt shards met (by this process or its loader workers)
+        self.sample_log = sample_log
+        self._open: OrderedDict[Path, ShardArrays] = OrderedDict()
+        self._corrupt: dict[Path, str] = {}
 
-    @property
-    def skipped_shards(self) -> int:
-        return sum(w.skipped_shards for w in self.state.workers)
+    def position(self) -> dict[str, Any]:
+        """What a checkpoint records: enough to check that a resumed run continues the same sequence."""
+        return {"micro_batch_size": self.micro_batch_size, "lanes": self.lanes, "seed": self.seed,
+                "masking": self.masking, "skipped_shards": sorted(self.skipped)}  # fmt: skip
+
+    # which sample is where
 
     def shard_at(self, cursor: int) -> Path:
+        """The shard at stream entry ``cursor`` (before any corrupt-shard substitution)."""
         epoch, index = divmod(cursor, len(self.shards))
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-        return self.shards[order[index]]
+        return self.shards[self._order(epoch)[index]]
 
-    def example(self, sample: Sample, epoch: int) -> Example:
-        if self.masking == "static":
-            ids, labels = mask_static(sample, draw=epoch)
-        else:  # keyed by (seed, epoch, sample) so a resumed run redraws exactly the same masks
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(sample.key.encode())])
-            ids, labels = mask_dynamic(
-                sample, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+
+    def micro_batch(self, t: int) -> tuple[int, int]:
+        """(global step, micro batch index u within it) of this rank's ``t``-th micro batch from step 0."""
+        step, a = divmod(t, self.accumulation)
+        return step, a * self.world_size + self.rank
+
+    def _shard(self, cursor: int) -> tuple[int, ShardArrays]:
+        """(manifest index, arrays) of the shard serving stream entry ``cursor``; skips corrupt ones."""
+        epoch, index = divmod(cursor, len(self.shards))
+        order = self._order(epoch)
+        for tries in range(len(self.shards)):
+            path = self.shards[order[(index + tries) % len(self.shards)]]
+            if path in self._open:
+                self._open.move_to_end(path)
+                return int(order[(index + tries) % len(self.shards)]), self._open[path]
+            if path not in self._corrupt:
+                try:
+                    shard = load_shard(
+                        path, vocab_size=self.vocab_size, expected_samples=self.expected[path], special=self.special
+                    )
+                except DataError as err:
+                    if self.on_corrupt_shard == "fail":
+                        raise
+                    self._corrupt[path] = str(err)
+                    self.skipped.add(path.name)
+                    log.warning("%s; skipped (data.on_corrupt_shard=skip)", err)
+                    continue
+                self._open[path] = shard
+                if len(self._open) > OPEN_SHARDS:
+                    self._open.popitem(last=False)
+                return int(order[(index + tries) % len(self.shards)]), shard
+        raise DataError(f"{self.root}: all {len(self.shards)} shards of the split are corrupt")
+
+    def read(self, step: int, lane: int) -> tuple[Batch, np.ndarray]:
+        """Micro batch ``lane`` of global ``step`` and its sample ids (manifest shard index * S + row)."""
+        m, per_shard = self.micro_batch_size, self.per_shard
+        first = step * m
+        parts = []
+        for entry in range(first // per_shard, (first + m - 1) // per_shard + 1):
+            lo, hi = max(first, entry * per_shard), min(first + m, (entry + 1) * per_shard)
+            cursor = lane + entry * self.lanes
+            index, shard = self._shard(cursor)
+            rows = np.arange(lo - entry * per_shard, hi - entry * per_shard)
+            parts.append((cursor // len(self.shards), index, shard, rows))
+        lengths = np.concatenate([shard.lengths[rows] for _, _, shard, rows in parts])
+        width = int(lengths.max())
+        ids_flat = np.concatenate([s.input_ids[_rows(s, r)[0]] for _, _, s, r in parts])
+        types_flat = np.concatenate([s.token_type_ids[_rows(s, r)[0]] for _, _, s, r in parts])
+        input_ids = _pad(ids_flat, lengths, width, self.special.pad_id)
+        token_type_ids = _pad(types_flat, lengths, width, 0)
+        if self.masking == "dynamic":
+            rng = np.random.default_rng([self.seed, step, lane])
+            input_ids, labels = mask_batch(
+                input_ids, rng, self.vocab, self.masked_lm_prob, self.max_predictions_per_seq
             )
-        return ids, labels, sample.token_type_ids, sample.next_sentence_label
+        else:
+            input_ids, labels = self._mask_static(parts, input_ids)
+        nsp = np.concatenate([s.next_sentence_label[r] for _, _, s, r in parts])
+        sample_ids = np.concatenate([index * per_shard + r for _, index, _, r in parts])
+        return collate(input_ids, token_type_ids, lengths, labels, nsp), sample_ids
 
-    def read_batches(self, reader: int, position: ReaderPosition) -> Iterator[Batch]:
-        """Batches of reader ``reader`` from ``position``, which is advanced in place as samples are used."""
-        pending: list[Example] = []
-        skipped_in_a_row = 0
-        while self.loop or position.shard_cursor < len(self.shards):
-            position.epoch = position.shard_cursor // len(self.shards)
-            try:
-                shard = self.shard_at(position.shard_cursor)
-                for sample in read_shard(shard, start=position.sample_offset, special=self.special):
-                    pending.append(self.example(sample, position.epoch))
-                    position.sample_offset += 1
-                    if len(pending) == self.micro_batch_size:
-                        yield collate(pending, self.special.pad_id)
-                        pending = []
-                skipped_in_a_row = 0
-            except DataError as err:  # samples read before the damage are kept: resume sees the same
-                if self.on_corrupt_shard == "fail":
-                    raise
-                position.skipped_shards += 1
-                skipped_in_a_row += 1
-                log.warning("%s; skipped (data.on_corrupt_shard=skip)", err)
-                if skipped_in_a_row >= len(self.shards):  # an endless stream of nothing but bad shards
-                    raise DataError(f"{self.root}: {skipped_in_a_row} corrupt shards in a row") from None
-            position.shard_cursor += self.readers
-            position.sample_offset = 0
-        if pending:  # one-pass (evaluation) readers keep the tail
-            yield collate(pending, self.special.pad_id)
+    @staticmethod
+    def _mask_static(parts: list, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pipeline's draw ``epoch % D`` of every row, applied to the padded batch."""
+        rows_of, positions, ids = [], [], []
+        row0 = 0
+        for epoch, _, shard, rows in parts:
+            draws = shard.mask_draws[rows]
+            width = np.diff(shard.mask_offsets)[rows] // draws  # M of each row
+            starts = shard.mask_offsets[rows] + (epoch % draws) * width
+            first = np.concatenate([[0], np.cumsum(width)[:-1]])
+            flat = np.repeat(starts - first, width) + np.arange(width.sum())
+            rows_of.append(np.repeat(row0 + np.arange(len(rows)), width))
+            positions.append(shard.masked_positions[flat].astype(np.int64))
+            ids.append(shard.masked_ids[flat])
+            row0 += len(rows)
+        r, p = np.concatenate(rows_of), np.concatenate(positions)
+        labels = np.full_like(input_ids, IGNORE_INDEX)
+        labels[r, p] = input_ids[r, p]
+        input_ids = input_ids.copy()
+        input_ids[r, p] = np.concatenate(ids)
+        return input_ids, labels
+
+    # iteration
 
     def __iter__(self) -> Iterator[Batch]:
+        first = self.start_step * self.accumulation + self.served
         loader = DataLoader(
-            _ShardStream(self),
+            _MicroBatches(self, first),
             batch_size=None,
             num_workers=self.num_workers,
             prefetch_factor=2 if self.num_workers else None,
             pin_memory=torch.cuda.is_available(),  # lets the copy to the GPU overlap compute
-            # its own generator: seeding workers must not draw from the global RNG that dropout uses,
-            # or a resumed run (which builds its loader after restoring that RNG) would diverge
+            worker_init_fn=ignore_preemption_signals,  # the rank finishes its step; workers must stay
+            # its own generator: seeding workers must not draw from the global RNG that dropout uses
             generator=torch.Generator().manual_seed(self.seed),
         )
-        for batch, logical, position in loader:
-            if batch is None:
-                raise DataError(position)
-            self.state.workers[logical] = position
-            self.state.batches += 1
-            yield batch
+        log_file = self.sample_log.open("a", encoding="utf-8") if self.sample_log else None
+        try:
+            for t, batch, sample_ids, skipped in loader:
+                if batch is None:  # a worker's one-line DataError, re-raised here
+                    raise DataError(skipped)
+                self.skipped.update(skipped)
+                self.served += 1
+                self.current = step, lane = self.micro_batch(t)
+                if log_file is not None:
+                    log_file.write(
+                        json.dumps({"step": step + 1, "micro": lane, "samples": sample_ids.tolist()}) + "\n"
+                    )
+                    log_file.flush()
+                yield batch
+        finally:
+            if log_file is not None:
+                log_file.close()
+
+
+class _MicroBatches(IterableDataset):
+    """Runs in each DataLoader worker: worker k of K serves micro batches first + k, first + k + K, ...
+
+    (the DataLoader takes batches from its workers round-robin, so the main process sees them in order).
+    """
+
+    def __init__(self, owner: PretrainBatches, first: int):
+        self.owner, self.first = owner, first
+
+    def __iter__(self) -> Iterator[tuple[int, Any, Any, Any]]:
+        info = get_worker_info()
+        k, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        o = self.owner
+        t = self.first + k
+        while True:
+            step, lane = o.micro_batch(t)
+            before = set(o.skipped)
+            try:
+                batch, sample_ids = o.read(step, lane)
+            except DataError as err:  # crossing the worker boundary would bury the message in a traceback
+                yield t, None, None, str(err)
+                return
+            yield t, batch, sample_ids, sorted(o.skipped - before)
+            t += workers
 
 
 def eval_batches(
@@ -255,6 +349,8 @@ def eval_batches(
     Every rank gets the same number of batches (an incomplete last global batch is dropped):
     ZeRO-3 gathers parameters collectively in each forward, so ranks must run equally many.
     """
+    import itertools
+
     root = Path(root)
     manifest = load_manifest(root)
     paths, special = manifest.shard_paths(root, split), manifest.special()
@@ -265,6 +361,16 @@ def eval_batches(
     batches = []
     for first in range(0, len(samples) - per_global + 1, per_global or 1):
         mine = samples[first + rank * micro_batch_size : first + (rank + 1) * micro_batch_size]
-        examples = [(*mask_static(s, 0), s.token_type_ids, s.next_sentence_label) for s in mine]
-        batches.append(collate(examples, special.pad_id))
+        masked = [mask_static(s, 0) for s in mine]
+        lengths = np.array([len(ids) for ids, _ in masked])
+        width = int(lengths.max())
+        batches.append(
+            collate(
+                _pad(np.concatenate([ids for ids, _ in masked]), lengths, width, special.pad_id),
+                _pad(np.concatenate([s.token_type_ids for s in mine]), lengths, width, 0),
+                lengths,
+                _pad(np.concatenate([lab for _, lab in masked]), lengths, width, IGNORE_INDEX),
+                np.array([s.next_sentence_label for s in mine]),
+            )
+        )
     return batches

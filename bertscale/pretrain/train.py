@@ -10,8 +10,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bertscale.atomic import atomic_write_text, prepare_output_dir
@@ -20,15 +24,62 @@ from bertscale.data_pipeline.schema import Manifest, load_manifest
 from bertscale.errors import ConfigError
 from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer
-from bertscale.pretrain.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from bertscale.pretrain.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    needs_universal,
+    read_trainer_state,
+    save_checkpoint,
+    universal_checkpoint,
+)
 from bertscale.pretrain.config import PretrainConfig
-from bertscale.pretrain.data import PretrainBatches, StreamState, eval_batches
+from bertscale.pretrain.data import PretrainBatches, eval_batches
 from bertscale.pretrain.init_from import load_init, load_init_weights
-from bertscale.runtime.engine import all_reduce_sum, build_ds_config, create_engine, init_distributed
+from bertscale.runtime.engine import (
+    all_gather_object,
+    all_reduce_sum,
+    build_ds_config,
+    create_engine,
+    init_distributed,
+)
+from bertscale.runtime.faults import Preempted, Preemption, StepWatchdog
 from bertscale.runtime.loop import TrainState, run_training
 from bertscale.runtime.tracking import Tracker, peak_flops_per_device
 
 log = logging.getLogger("bertscale")
+DROPOUT_STREAM = 0xD0  # keeps the dropout seeds apart from the masking generators' (seed, step, micro batch)
+
+
+def plan_resume(cfg: PretrainConfig, saved: dict, world_size: int) -> None:
+    """Fit ``cfg`` to a checkpoint from another world size: same global batch, same sample sequence.
+
+    The data position is (step, lanes = micro batches per step, micro batch size); ranks x
+    accumulation steps may trade as long as their product (the lanes) stays.
+    """
+    data, where = saved["data"], f"resume from step {saved['step']}"
+    if data["micro_batch_size"] != cfg.data.micro_batch_size:
+        raise ConfigError(
+            f"{where}: saved with data.micro_batch_size={data['micro_batch_size']}, "
+            f"config has {cfg.data.micro_batch_size}; keep it to continue the same samples and masks"
+        )
+    for key in ("seed", "masking"):
+        ours = cfg.seed if key == "seed" else cfg.data.masking
+        if data[key] != ours:
+            raise ConfigError(f"{where}: saved with {key}={data[key]}, config has {ours}")
+    lanes = data["lanes"]
+    if lanes % world_size:
+        raise ConfigError(
+            f"{where}: its global batch is {lanes} micro batches, which {world_size} ranks cannot split evenly"
+        )
+    accumulation = lanes // world_size
+    if accumulation != cfg.engine.gradient_accumulation_steps:
+        log.warning(
+            "elastic resume: %d ranks -> %d; engine.gradient_accumulation_steps %d -> %d keeps the global "
+            "batch of %d sequences",
+            saved["world_size"], world_size, cfg.engine.gradient_accumulation_steps, accumulation,
+            lanes * data["micro_batch_size"],
+        )  # fmt: skip
+        cfg.engine.gradient_accumulation_steps = accumulation
 
 
 def pretraining_losses(output: BertForPreTrainingOutput) -> dict[str, torch.Tensor | None]:
@@ -63,15 +114,36 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]
     }
 
 
+def _seeded(batches: PretrainBatches, seed: int) -> Iterator[dict]:
+    """Reseed torch before each micro batch from (seed, step, micro batch): dropout masks then follow
+    the sample sequence, not the rank that happens to run them (exact elastic resume with dropout)."""
+    for batch in batches:
+        step, lane = batches.current
+        torch.manual_seed(
+            int(np.random.SeedSequence([seed, step, lane, DROPOUT_STREAM]).generate_state(1)[0])
+        )
+        yield batch
+
+
+def _stall(batches: Iterator[dict], after: int) -> Iterator[dict]:
+    """debug.stall_at_step: this rank hangs (as a stuck GPU or a stopped process would) after ``after`` batches."""
+    for served, batch in enumerate(batches):
+        if served == after:
+            log.warning("debug.stall_at_step: rank stalls here")
+            time.sleep(24 * 3600)
+        yield batch
+
+
 RUN_FILES = frozenset(
-    {"config.yaml", "ds_config.json", "metrics.jsonl", "checkpoints", "mlflow.db", "mlartifacts"}
+    {"config.yaml", "ds_config.json", "metrics.jsonl", "checkpoints", "mlflow.db", "mlartifacts", "universal"}
 )
+SAMPLE_LOG = re.compile(r"^sample_ids\.rank\d+\.jsonl$")  # debug.log_sample_ids
 
 
 def _resumable_run(output_dir: Path, resume: str) -> bool:
     """A run dir of ours that this run continues: nothing else in it, and resume=never would not
     overwrite and prune the checkpoints of an earlier run."""
-    entries = {p.name for p in output_dir.iterdir()}
+    entries = {p.name for p in output_dir.iterdir() if not SAMPLE_LOG.match(p.name)}
     checkpoints = output_dir / "checkpoints"
     earlier = checkpoints.is_dir() and any(checkpoints.iterdir())
     return entries <= RUN_FILES and not (resume == "never" and earlier)
@@ -147,15 +219,21 @@ def main(cfg: PretrainConfig) -> TrainState:
     bert_config.gradient_checkpointing |= cfg.engine.activation_checkpointing
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
-    ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size)
-    budget_samples = token_budget_samples(cfg, manifest)
+    saved = read_trainer_state(resume) if resume is not None else None
     tokenizer = find_tokenizer(cfg.data.shards)
 
-    dist = init_distributed()
+    dist = init_distributed(cfg.engine.collective_timeout_s)
     logging.basicConfig(
         level=logging.INFO if dist.rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {dist.rank}] %(message)s",
     )
+    preemption = Preemption().install()
+    universal = False
+    if saved is not None:
+        plan_resume(cfg, saved, dist.world_size)
+        universal = needs_universal(saved, dist.world_size, cfg.engine.zero_stage)
+    ds_config = build_ds_config(cfg.engine, cfg.data.micro_batch_size, universal)
+    budget_samples = token_budget_samples(cfg, manifest)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = BertForPreTraining(bert_config)
     new_tensors: list[str] = []
@@ -174,15 +252,23 @@ def main(cfg: PretrainConfig) -> TrainState:
         cfg.data.micro_batch_size,
         cfg.max_steps,
         budget_samples=budget_samples,
+        load_universal=universal,
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
-    state, data_state = TrainState(), None
-    if resume is not None:
-        saved = load_checkpoint(engine, resume)  # also restores this rank's RNG
+    state = TrainState()
+    if resume is not None and saved is not None:
+        if universal:  # another world size or ZeRO stage: the ZeRO partitions are cut afresh
+            converted = universal_checkpoint(resume, output_dir / "universal")
+            load_checkpoint(engine, resume, converted)
+            torch.manual_seed(cfg.seed + 1 + dist.rank + 7919 * saved["step"])  # no saved RNG for this rank
+        else:
+            load_checkpoint(engine, resume)  # also restores this rank's RNG
         state = TrainState(step=saved["step"], tokens=saved.get("tokens", 0))
-        data_state = StreamState.from_dict(saved["data"])
-        log.info("resumed from %s at step %d", resume, state.step)
+        log.info(
+            "resumed from %s at step %d (saved by %d ranks, ZeRO stage %s)",
+            resume, state.step, saved["world_size"], saved.get("zero_stage", "?"),
+        )  # fmt: skip
 
     batches = PretrainBatches(
         cfg.data.shards,
@@ -190,15 +276,19 @@ def main(cfg: PretrainConfig) -> TrainState:
         micro_batch_size=cfg.data.micro_batch_size,
         rank=dist.rank,
         world_size=dist.world_size,
+        gradient_accumulation_steps=cfg.engine.gradient_accumulation_steps,
         num_workers=cfg.data.num_workers,
         masking=cfg.data.masking,
         masked_lm_prob=cfg.data.masked_lm_prob,
         max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
         max_position_embeddings=bert_config.max_position_embeddings,
-        state=data_state,
+        start_step=state.step,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
+        sample_log=output_dir / f"sample_ids.rank{dist.rank}.jsonl" if cfg.debug.log_sample_ids else None,
     )
+    if saved is not None:
+        batches.skipped.update(saved["data"].get("skipped_shards", []))
     validation = (
         eval_batches(
             cfg.data.shards,
@@ -246,6 +336,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         )
 
     def save(s: TrainState) -> None:
+        skipped = set().union(*all_gather_object(sorted(batches.skipped)))  # every rank's, counted once
         save_checkpoint(
             engine,
             checkpoints,
@@ -256,11 +347,15 @@ def main(cfg: PretrainConfig) -> TrainState:
             trainer_state={
                 "tokens": s.tokens,
                 "world_size": dist.world_size,
-                "data": batches.state.to_dict(),
+                "zero_stage": cfg.engine.zero_stage,
+                "data": {**batches.position(), "skipped_shards": sorted(skipped)},
             },
             keep_last=cfg.checkpoint.keep_last,
         )
 
+    stream = _seeded(batches, cfg.seed)
+    if cfg.debug.stall_at_step is not None and dist.rank == cfg.debug.stall_rank:
+        stream = _stall(stream, (cfg.debug.stall_at_step - 1) * cfg.engine.gradient_accumulation_steps)
     stop_at = cfg.max_steps
     if budget_samples is not None:  # the budget ends the run; the scheduler knows how far it is
         stop_at = min(stop_at, state.step + engine.lr_scheduler.steps_left())
@@ -276,7 +371,7 @@ def main(cfg: PretrainConfig) -> TrainState:
     try:
         state = run_training(
             engine,
-            iter(batches),
+            stream,
             state=state,
             max_steps=stop_at,
             tracker=tracker,
@@ -288,13 +383,23 @@ def main(cfg: PretrainConfig) -> TrainState:
             log_every=cfg.metrics.log_every,
             flops_per_token=model.flops_per_token(manifest.max_seq_length),
             peak_flops=peak_flops_per_device(cfg.metrics.peak_tflops),
+            preemption=preemption,
+            watchdog=StepWatchdog(cfg.engine.collective_timeout_s, dist.rank),
         )
+        if state.preempted:
+            if not (cfg.checkpoint.save_every and state.step % cfg.checkpoint.save_every == 0):
+                save(state)
+            log.warning(
+                "preempted (signal %s): checkpoint of step %d written; exiting", preemption.signal, state.step
+            )
+            status = "KILLED"
+            raise Preempted()
         if cfg.debug.exit_after_step is not None and state.step >= cfg.debug.exit_after_step:
             log.warning("debug.exit_after_step=%d: exiting without cleanup", state.step)
             os._exit(17)  # what a crash looks like: no final save, no tracker close
         if cfg.data.on_corrupt_shard == "skip":  # collective: counted over the whole run, all ranks
-            (skipped,) = all_reduce_sum([batches.skipped_shards], engine.device)
-            tracker.log_metrics(state.step, {"skipped_shards": skipped})
+            skipped = set().union(*all_gather_object(sorted(batches.skipped)))
+            tracker.log_metrics(state.step, {"skipped_shards": len(skipped)})
         if validation and not (cfg.eval.every and state.step % cfg.eval.every == 0):
             tracker.log_metrics(state.step, evaluate_with_baselines())
         if last_eval.get("eval_mlm_accuracy") is not None:

@@ -39,12 +39,15 @@ class EngineConfig:
     gradient_clipping: float = 1.0  # 0 disables
     activation_checkpointing: bool = False
     ds_config: Path | None = None  # a DeepSpeed JSON whose sections override the generated ones
+    collective_timeout_s: float = 1800.0  # a step (or collective) running longer ends the job; 0: never
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be >= 1")
+        if self.collective_timeout_s < 0:
+            raise ValueError(f"collective_timeout_s must be >= 0, got {self.collective_timeout_s}")
 
 @dataclass
 class MlflowConfig:

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import deepspeed
@@ -44,8 +45,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group the launcher describes in the environment (or make a group of one)."""
+def init_distributed(timeout_s: float = 0) -> DistInfo:
+    """Join the process group the launcher describes in the environment (or make a group of one).
+
+    ``timeout_s`` > 0 bounds every collective (a backstop: the loop's StepWatchdog fires first).
+    """
     for key, default in (
         ("RANK", "0"),
         ("LOCAL_RANK", "0"),
@@ -65,12 +69,16 @@ def init_distributed() -> DistInfo:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        kwargs = {"timeout": timedelta(seconds=2 * timeout_s)} if timeout_s > 0 else {}
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def build_ds_config(cfg: EngineConfig, micro_batch_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON; sections of ``cfg.ds_config`` (a user JSON file) replace ours."""
+def build_ds_config(cfg: EngineConfig, micro_batch_size: int, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed JSON; sections of ``cfg.ds_config`` (a user JSON file) replace ours.
+
+    ``load_universal``: the engine will load a universal checkpoint (another world size or ZeRO stage).
+    """
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -82,6 +90,8 @@ def build_ds_config(cfg: EngineConfig, micro_batch_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # we log ourselves (metrics.py)
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     if cfg.ds_config is not None:
         try:
             user = json.loads(cfg.ds_config.read_text(encoding="utf-8"))
@@ -101,6 +111,7 @@ def create_engine(
     micro_batch_size: int,
     max_steps: int,
     budget_samples: int | None = None,
+    load_universal: bool = False,
 ) -> deepspeed.DeepSpeedEngine:
     """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision."""
     accelerator = get_accelerator()
@@ -128,7 +139,7 @@ def create_engine(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=build_ds_config(engine_cfg, micro_batch_size),
+        config=build_ds_config(engine_cfg, micro_batch_size, load_universal),
     )
     return engine
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from bertscale.runtime.engine import all_reduce_sum
+from bertscale.runtime.faults import Preemption, StepWatchdog
 from bertscale.runtime.tracking import Tracker
 
 
@@ -28,6 +29,7 @@ from bertscale.runtime.tracking import Tracker
 class TrainState:
     step: int = 0  # optimizer steps done
     tokens: int = 0  # non-padding tokens consumed by all ranks
+    preempted: bool = False  # stopped early on a preemption signal
 
 
 def count_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -49,8 +51,15 @@ def run_training(
     log_every: int = 10,
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
+    preemption: Preemption | None = None,
+    watchdog: StepWatchdog | None = None,
 ) -> TrainState:
-    """Train from ``state.step`` to ``max_steps``; ``save``/``evaluate`` are collective callbacks."""
+    """Train from ``state.step`` to ``max_steps``; ``save``/``evaluate`` are collective callbacks.
+
+    With ``preemption``, every rank stops after the same step once any rank was signalled (the
+    caller checkpoints); with ``watchdog``, a step that never finishes ends the process.
+    """
+    watchdog = watchdog or StepWatchdog(0, 0)
     accumulation = engine.gradient_accumulation_steps()
     world = dist.get_world_size() if dist.is_initialized() else 1
     # this rank's sums over the logging window, kept on the device: no host sync between logs
@@ -60,20 +69,22 @@ def run_training(
     engine.train()
     while state.step < max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
-        for _ in range(accumulation):
-            batch = {k: v.to(engine.device, non_blocking=True) for k, v in next(batches).items()}
-            output = engine(**batch)
-            engine.backward(output.loss)
-            engine.step()
-            values = {"loss": output.loss, **(step_metrics(output) if step_metrics else {})}
-            values["tokens"] = count_tokens(batch)
-            for key, value in values.items():
-                if value is not None:
-                    sums[key] = sums.get(key, 0) + value.detach().double()
+        with watchdog.step(state.step + 1):
+            for _ in range(accumulation):
+                batch = {k: v.to(engine.device, non_blocking=True) for k, v in next(batches).items()}
+                output = engine(**batch)
+                engine.backward(output.loss)
+                engine.step()
+                values = {"loss": output.loss, **(step_metrics(output) if step_metrics else {})}
+                values["tokens"] = count_tokens(batch)
+                for key, value in values.items():
+                    if value is not None:
+                        sums[key] = sums.get(key, 0) + value.detach().double()
+            stop = preemption is not None and preemption.agreed(engine.device)
         state.step += 1
         window_steps += 1
 
-        if state.step % log_every == 0 or state.step == max_steps:
+        if state.step % log_every == 0 or state.step == max_steps or stop:
             keys = sorted(sums)
             totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], engine.device), strict=True))
             seconds = time.perf_counter() - window_start
@@ -98,4 +109,7 @@ def run_training(
             save(state)
         if window_steps == 0:  # evaluation and checkpoint time is not training throughput
             window_start = time.perf_counter()
+        if stop:
+            state.preempted = True
+            break
     return state

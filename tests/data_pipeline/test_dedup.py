@@ -55,7 +55,7 @@ def test_collisions_find_exact_and_near_duplicates_of_earlier_documents(tmp_path
 
 
 def test_threshold_out_of_range_is_one_config_line(tiny_config, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"dedup: threshold must be in \(0, 1\), got 1.5$"):
+    with pytest.raises(ConfigError, match=r"'dedup.threshold' must be in \(0, 1\), got 1.5$"):
         tiny_config(tmp_path / "out", dedup__near=True, dedup__threshold=1.5)
 
 

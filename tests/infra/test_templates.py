@@ -30,7 +30,7 @@ def _launch_line(script: Path) -> str:
 
 def test_slurm_pretrain_runs_our_launcher(tmp_path):
     """The sbatch's launch line, on node 1 of a 2-node allocation, yields the right deepspeed command."""
-    line = _launch_line(INFRA / "slurm" / "bertscale.pretrain.sbatch").replace(
+    line = _launch_line(INFRA / "slurm" / "pretrain.sbatch").replace(
         "python", shlex.quote(sys.executable), 1
     )
     env = {
@@ -117,3 +117,18 @@ def test_ray_cluster_launcher_config():
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
     assert all("RAY_AUTH_MODE=token" in c for c in cfg["worker_start_ray_commands"] if "ray start" in c)
+
+
+def test_preempted_runs_are_requeued_on_the_exit_status_training_uses():
+    """SLURM and Kubernetes retry exactly the status a preempted (checkpointed) run exits with."""
+    from bertscale.runtime.faults import PREEMPTED_EXIT
+
+    sbatch = (INFRA / "slurm" / "pretrain.sbatch").read_text()
+    assert "#SBATCH --signal=USR1@" in sbatch and "#SBATCH --requeue" in sbatch
+    assert f'if [ "$rc" -eq {PREEMPTED_EXIT} ]; then' in sbatch and 'scontrol requeue "$SLURM_JOB_ID"' in sbatch
+    _, job = yaml.safe_load_all((INFRA / "k8s" / "pretrain-job.yaml").read_text())
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onExitCodes": {"containerName": "pretrain", "operator": "In",
+            "values": [PREEMPTED_EXIT]}} in rules  # fmt: skip
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "kill -USR1" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])

@@ -87,3 +87,38 @@ def test_a_pickled_deepspeed_checkpoint_cannot_run_code(tmp_path):
         load_pretrained(tmp_path / "zero")
     assert not (tmp_path / "pwned").exists()
     assert torch.load.__module__ == "torch.serialization"  # the guard is removed afterwards
+
+
+# --- elastic resume: what a checkpoint from another world size / ZeRO stage needs ------------------
+
+
+def _saved(world_size: int = 2, zero_stage: int = 2, lanes: int = 2, micro_batch_size: int = 8) -> dict:
+    data = {"micro_batch_size": micro_batch_size, "lanes": lanes, "seed": 1, "masking": "dynamic"}
+    return {"step": 4, "world_size": world_size, "zero_stage": zero_stage, "data": data}
+
+
+def test_another_world_size_or_zero_stage_needs_a_universal_checkpoint():
+    from bertscale.pretrain.checkpoint import needs_universal
+
+    assert not needs_universal(_saved(2, 2), world_size=2, zero_stage=2)
+    assert needs_universal(_saved(2, 2), world_size=1, zero_stage=2)
+    assert needs_universal(_saved(2, 2), world_size=2, zero_stage=3)
+    assert not needs_universal(_saved(2, 0), world_size=4, zero_stage=0)  # nothing partitioned
+    with pytest.raises(CheckpointError, match="ZeRO stage 0 and stages 1-3 do not convert"):
+        needs_universal(_saved(2, 0), world_size=2, zero_stage=1)
+
+
+def test_resume_on_fewer_ranks_keeps_the_global_batch_by_accumulating():
+    from bertscale.errors import ConfigError
+    from bertscale.pretrain.config import load_pretrain_config
+    from bertscale.pretrain.train import plan_resume
+
+    cfg = load_pretrain_config(None, ["data.micro_batch_size=8", "data.masking=dynamic", "seed=1"])
+    plan_resume(cfg, _saved(world_size=4, lanes=4), world_size=1)
+    assert cfg.engine.gradient_accumulation_steps == 4
+    plan_resume(cfg, _saved(world_size=1, lanes=4), world_size=2)
+    assert cfg.engine.gradient_accumulation_steps == 2
+    with pytest.raises(ConfigError, match="4 micro batches, which 3 ranks cannot split evenly"):
+        plan_resume(cfg, _saved(lanes=4), world_size=3)
+    with pytest.raises(ConfigError, match=r"data\.micro_batch_size=4, config has 8"):
+        plan_resume(cfg, _saved(micro_batch_size=4), world_size=2)
