@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import sentencepiece as spm
 
 from bertscale.data_pipeline.run import run_pipeline
@@ -92,6 +93,7 @@ def test_one_worker_gives_byte_identical_shards(tiny_shards: Path, tiny_config, 
         assert ones
 
 
+@pytest.mark.integration
 def test_tokenizer_sample_gathered_by_tasks_is_the_seeded_sample(tiny_config, tmp_path: Path) -> None:
     """With more sentences than tokenizer.input_sentence_size, tasks gather the sample from their
     clean files: the model equals one trained in memory on every sentence with the same cap and seed."""

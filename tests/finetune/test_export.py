@@ -234,6 +234,7 @@ def test_export_refuses_weights_that_do_not_match_the_config(tmp_path):
     export_to_hf(ours.config, tied_dropped, tmp_path / "hf")  # tied keys may be absent: restored
 
 
+@pytest.mark.integration
 def test_cli_error_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [
@@ -281,6 +282,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "parent"])
+@pytest.mark.integration
 def test_export_onto_its_own_source_is_refused_and_deletes_nothing(tmp_path, where):
     run = _run_dir(tmp_path)
     before = _tree(tmp_path)
@@ -296,6 +298,7 @@ def test_export_onto_its_own_source_is_refused_and_deletes_nothing(tmp_path, whe
         assert _tree(tmp_path) == before
 
 
+@pytest.mark.integration
 def test_export_into_a_non_empty_directory_needs_overwrite_and_keeps_other_files(tmp_path):
     run = _run_dir(tmp_path)
     out = tmp_path / "hf"
@@ -314,6 +317,7 @@ def test_export_into_a_non_empty_directory_needs_overwrite_and_keeps_other_files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temp dirs left behind
 
 
+@pytest.mark.integration
 def test_export_to_a_file_or_an_uncreatable_path_is_one_line(tmp_path):
     run = _run_dir(tmp_path)
     (tmp_path / "afile").write_text("x")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.configs import tiny_pretrain_yaml
+from helpers.processes import pretrain_command, run_command
 from safetensors.torch import load_file
 
 from bertscale.config import load_config
@@ -23,61 +22,18 @@ from bertscale.model_dir import load_pretrained
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches
 
-REPO = Path(__file__).resolve().parents[2]
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
-
-TEST_CONFIG = """
-model:
-  hidden_size: 64
-  num_hidden_layers: 2
-  num_attention_heads: 2
-  intermediate_size: 128
-  max_position_embeddings: 64
-data:
-  micro_batch_size: 8
-  masking: dynamic
-  num_workers: 1
-optimizer:
-  lr: 3e-3
-schedule:
-  warmup_steps: 2
-engine:
-  zero_stage: 2
-eval:
-  every: 8
-  max_batches: 4
-checkpoint:
-  save_every: 8
-  keep_last: 3
-metrics:
-  log_every: 1
-  peak_tflops: 0.05
-mlflow:
-  enabled: false
-  experiment: pretrain-test
-max_steps: 16
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TEST_CONFIG = tiny_pretrain_yaml(
+    eval={"every": 8, "max_batches": 4},
+    checkpoint={"save_every": 8, "keep_last": 3},
+    metrics={"log_every": 1, "peak_tflops": 0.05},
+    mlflow={"enabled": False, "experiment": "pretrain-test"},
+    max_steps=16,
+)
 
 
 def pretrain(shards: Path, output_dir: Path, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
     """``deepspeed --num_accelerators 2 --module bertscale.pretrain`` (or plain ``python -m bertscale.pretrain`` for 1 rank)."""
-    config = output_dir.parent / f"{output_dir.name}.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(TEST_CONFIG)
-    args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "bertscale.pretrain", *args]
-    else:
-        launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
-        cmd = [*launcher, "--module", "bertscale.pretrain", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_command(pretrain_command(TEST_CONFIG, shards, output_dir, *overrides, ranks=ranks))
 
 
 def check(proc: subprocess.CompletedProcess) -> None:
@@ -217,6 +173,7 @@ def test_zero_two_ranks_match_single_process(stage, single_process_losses, tiny_
     _assert_parity(single_process_losses, zero)
 
 
+@pytest.mark.integration
 def test_checkpoint_between_logs_counts_every_token(synthetic_shards, tmp_path):
     """A checkpoint at a step that was not logged records the tokens of every step up to it."""
     out = tmp_path / "run"
