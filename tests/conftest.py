@@ -1,12 +1,44 @@
-"""Shared fixtures. ``tiny_shards``: the real data pipeline (real Ray, 2 workers) on tests/assets."""
+"""Shared fixtures and the unit lane.
+
+``tiny_shards``: the real data pipeline (real Ray, 2 workers) on tests/assets.
+
+The unit lane (``python -m pytest -m unit``): every test that starts no process of its own. A test
+is marked ``unit`` here unless it is marked ``slow``, ``distributed`` or ``integration``, or uses a
+fixture of PROCESS_FIXTURES. The rule is enforced: a unit test that starts a subprocess (which is
+also how Ray and the DeepSpeed launcher start) fails, naming the marker it needs.
+"""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ASSETS = Path(__file__).parent / "assets"
+NOT_UNIT = ("slow", "distributed", "integration")
+# fixtures that start processes (Ray, the DeepSpeed launcher, a training subprocess)
+PROCESS_FIXTURES = {
+    "tiny_shards", "local_ray", "run", "zero_checkpoint", "single_process_losses", "reference_two_ranks"
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marked = any(item.get_closest_marker(name) for name in NOT_UNIT)
+        if not marked and not PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it integration (tests/conftest.py)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def tiny_pipeline_config(output_dir: Path, **overrides):

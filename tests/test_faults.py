@@ -15,16 +15,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import helpers.processes
 import psutil
 import pytest
 import torch
+from helpers.configs import tiny_pretrain_yaml
+from helpers.processes import REPO, free_port, kill_tree, launched, run_command, run_to_end, tail, wait_for
 from safetensors.torch import load_file
 
 from bertscale.config import save_config
@@ -33,97 +34,19 @@ from bertscale.model import BertForPreTraining
 from bertscale.model_dir import load_pretrained
 from bertscale.pretrain.checkpoint import PAUSE_IN_SAVE
 
-REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 MAX_STEPS = 12
 
-CONFIG = f"""
-model:
-  hidden_size: 64
-  num_hidden_layers: 2
-  num_attention_heads: 2
-  intermediate_size: 128
-  max_position_embeddings: 64
-data:
-  micro_batch_size: 8
-  masking: dynamic
-  num_workers: 1
-optimizer:
-  lr: 3e-3
-schedule:
-  warmup_steps: 2
-engine:
-  zero_stage: 2
-eval:
-  every: 0
-  max_batches: 2
-checkpoint:
-  save_every: 4
-  keep_last: 3
-metrics:
-  log_every: 1
-debug:
-  log_sample_ids: true
-mlflow:
-  enabled: false
-  experiment: faults
-max_steps: {MAX_STEPS}
-"""
-
-
-# --- process helpers -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CONFIG = tiny_pretrain_yaml(
+    eval={"every": 0, "max_batches": 2},
+    checkpoint={"save_every": 4, "keep_last": 3},
+    mlflow={"experiment": "faults"},
+    debug={"log_sample_ids": True},
+    max_steps=MAX_STEPS,
+)
 
 
 def pretrain_command(shards: Path, output_dir: Path, *overrides: str, ranks: int = 1) -> list[str]:
-    """``deepspeed --num_accelerators N --module bertscale.pretrain`` (plain ``python -m bertscale.pretrain`` for 1 rank)."""
-    config = output_dir.parent / f"{output_dir.name}.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(CONFIG)
-    args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
-    if ranks == 1:
-        return [sys.executable, "-m", "bertscale.pretrain", *args]
-    launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
-    return [*launcher, "--module", "bertscale.pretrain", *args]
-
-
-def kill_tree(proc: subprocess.Popen | psutil.Process) -> None:
-    """SIGKILL a process and all its descendants (launcher, ranks, DataLoader and Ray workers)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(proc.pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-    if isinstance(proc, subprocess.Popen):
-        proc.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def launched(cmd: list[str], log: Path, **env: str) -> Iterator[subprocess.Popen]:
-    """Start ``cmd`` (output to ``log``) in its own session; whatever is left of it is killed at exit."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        kill_tree(proc)
-
-
-def run_to_end(cmd: list[str], log: Path, timeout: float = 400, **env: str) -> int:
-    with launched(cmd, log, **env) as proc:
-        return proc.wait(timeout=timeout)
+    return helpers.processes.pretrain_command(CONFIG, shards, output_dir, *overrides, ranks=ranks)
 
 
 def sample_ids(output_dir: Path) -> dict[tuple[int, int], list[int]]:
@@ -135,22 +58,6 @@ def sample_ids(output_dir: Path) -> dict[tuple[int, int], list[int]]:
             key = (record["step"], record["micro"])
             assert seen.setdefault(key, record["samples"]) == record["samples"], (path, key)
     return seen
-
-
-def wait_for(condition: Callable[[], object], proc: subprocess.Popen, what: str, timeout: float = 300):
-    """Poll ``condition`` every 10 ms until truthy; fail if ``proc`` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} before {what}")
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:]
 
 
 def logged(output_dir: Path) -> list[dict]:
@@ -451,7 +358,7 @@ def test_skip_mode_reader_keeps_the_rest_and_counts(damaged_shards):
 def test_truncated_shard_fails_with_one_line_naming_it(damaged_shards, tmp_path):
     root, bad = damaged_shards
     cmd = pretrain_command(root, tmp_path / "run")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    proc = run_command(cmd, timeout=400)
     assert proc.returncode == 2, proc.stderr[-4000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {bad}: corrupt or truncated shard ("), errors
@@ -481,7 +388,7 @@ def test_mlflow_server_down_mid_run_training_finishes(tiny_shards, tmp_path):
     from bertscale.infra.mlflow_server import MlflowServerConfig, running_server, sqlite_uri
 
     steps = 60  # long enough (seconds) to outlive the server by many steps
-    server = MlflowServerConfig(sqlite_uri(tmp_path / "mlflow.db"), str(tmp_path / "art"), port=_free_port())
+    server = MlflowServerConfig(sqlite_uri(tmp_path / "mlflow.db"), str(tmp_path / "art"), port=free_port())
     out, log = tmp_path / "run", tmp_path / "run.log"
     overrides = ("mlflow.enabled=true", f"mlflow.tracking_uri={server.url}", f"max_steps={steps}")
     cmd = pretrain_command(tiny_shards, out, *overrides, "checkpoint.save_every=0")

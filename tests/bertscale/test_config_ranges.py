@@ -100,6 +100,7 @@ def test_data_of_the_wrong_kind_for_the_task_is_refused_at_load(overrides, messa
     load_config(FinetuneConfig, None, [*FT, "task=token_classification", "dataset.name=optimus_ner"])
 
 
+@pytest.mark.integration
 def test_pipeline_cli_rejects_a_sequence_length_the_shards_cannot_hold(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bertscale.data_pipeline", "pairs.max_seq_length=40000", f"output_dir={tmp_path / 'o'}"],

@@ -146,6 +146,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_cli_config_errors_are_one_line(tmp_path):
     result = run_cli("--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2

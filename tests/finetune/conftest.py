@@ -35,17 +35,13 @@ def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
     """A pretrain step dir (model directory + ``latest``): random BertForPreTraining weights."""
     import sentencepiece as spm
     import torch
+    from helpers.checkpoints import write_step_dir
 
     from bertscale.model import BertConfig, BertForPreTraining
-    from bertscale.model_dir import LATEST, Tokenizer, save_model_dir
+    from bertscale.model_dir import Tokenizer
 
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer_path)).get_piece_size()
-    config = BertConfig(vocab_size=vocab, **TINY_BERT)
     torch.manual_seed(1234)  # not a fine-tuning seed: init=random must not rebuild these very weights
-    model = BertForPreTraining(config)
-    checkpoints = tmp_path_factory.mktemp("pretrain") / "checkpoints"
-    step = save_model_dir(
-        checkpoints / "step_00000010", config, model.state_dict(), Tokenizer.from_path(tokenizer_path)
-    )
-    (checkpoints / LATEST).write_text(step.name + "\n")
-    return step
+    model = BertForPreTraining(BertConfig(vocab_size=vocab, **TINY_BERT))
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    return write_step_dir(run_dir, model, step=10, tokenizer=Tokenizer.from_path(tokenizer_path))

@@ -141,17 +141,18 @@ def test_import_bare_bert_model_as_encoder(tmp_path, pooler):
         load_hf_model(tmp_path / "hf", BertForPreTraining)
 
 
-def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
+def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys, tokenizer_path):
     ours = ours_random(seed=3)
     step = save_pretrained_dir(
         ours.config, ours.state_dict(), tmp_path / "run" / "checkpoints" / "step_00000005"
     )
-    (step / "tokenizer.model").write_bytes(b"sentencepiece bytes")
+    (step / "tokenizer.model").write_bytes(tokenizer_path.read_bytes())
     (step.parent / "latest").write_text(step.name + "\n")
 
     main(["--to-hf", str(tmp_path / "run"), str(tmp_path / "hf")])  # a run dir resolves to its latest step
     assert "transformers BertForPreTraining" in capsys.readouterr().out
-    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tokenizer_path.read_bytes()
+    assert (tmp_path / "hf" / "tokenizer.json").is_file() and (tmp_path / "hf" / "README.md").is_file()
     assert_same_outputs(ours, transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval())
 
     main(["--from-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
@@ -161,7 +162,7 @@ def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
     assert set(state) == set(ours.state_dict())
     for key, value in ours.state_dict().items():
         assert torch.equal(state[key], value), key
-    assert (tmp_path / "back" / "tokenizer.model").is_file()
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == tokenizer_path.read_bytes()
 
 
 def test_read_hf_checkpoint_renames_legacy_keys(tmp_path):
@@ -234,6 +235,7 @@ def test_export_refuses_weights_that_do_not_match_the_config(tmp_path):
     export_to_hf(ours.config, tied_dropped, tmp_path / "hf")  # tied keys may be absent: restored
 
 
+@pytest.mark.integration
 def test_cli_error_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [
@@ -281,6 +283,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "parent"])
+@pytest.mark.integration
 def test_export_onto_its_own_source_is_refused_and_deletes_nothing(tmp_path, where):
     run = _run_dir(tmp_path)
     before = _tree(tmp_path)
@@ -296,6 +299,7 @@ def test_export_onto_its_own_source_is_refused_and_deletes_nothing(tmp_path, whe
         assert _tree(tmp_path) == before
 
 
+@pytest.mark.integration
 def test_export_into_a_non_empty_directory_needs_overwrite_and_keeps_other_files(tmp_path):
     run = _run_dir(tmp_path)
     out = tmp_path / "hf"
@@ -314,6 +318,7 @@ def test_export_into_a_non_empty_directory_needs_overwrite_and_keeps_other_files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temp dirs left behind
 
 
+@pytest.mark.integration
 def test_export_to_a_file_or_an_uncreatable_path_is_one_line(tmp_path):
     run = _run_dir(tmp_path)
     (tmp_path / "afile").write_text("x")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.processes import deepspeed_launcher
 
 from bertscale.config import load_config
 from bertscale.errors import CheckpointError, ConfigError, run_cli
@@ -40,6 +40,7 @@ def _mlflow_run(output_dir: Path):
     return client, run
 
 
+@pytest.mark.integration
 def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_checkpoint, tmp_path):
     out = tmp_path / "sentiment"
     run_dir = tiny_checkpoint.parent.parent  # a pretrain run dir: follows checkpoints/latest
@@ -86,7 +87,7 @@ def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_
     data = load_task_data(
         cfg.dataset, load_tokenizer(out / "model" / "tokenizer.model"), cfg.max_seq_length, cfg.seed
     )
-    again = evaluate(model, eval_batches(data.splits["test"], 16), data.labels)
+    again = evaluate(model, eval_batches(data.splits["test"], 16, 0), data.labels)
     assert again["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
     assert again["loss"] == pytest.approx(results["test_loss"], rel=1e-4)
 
@@ -159,16 +160,7 @@ def test_zero_sharded_checkpoint_initialises_the_encoder_exactly(zero_checkpoint
 def test_two_rank_token_classification_from_zero_checkpoint(zero_checkpoint, tmp_path):
     """``deepspeed --num_accelerators 2 --module bertscale.finetune``: 2 CPU ranks, ZeRO-2, from a ZeRO dir."""
     out = tmp_path / "ner"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_accelerators",
-        "2",
-        "--master_port",
-        str(port),
-    ]
+    launcher = deepspeed_launcher(2)
     args = [
         "--module",
         "bertscale.finetune",

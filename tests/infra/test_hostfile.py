@@ -84,6 +84,7 @@ def test_hosts_from_slurm_env():
         hosts_from_env({})
 
 
+@pytest.mark.integration
 def test_cli_writes_hostfile_from_slurm_env(tmp_path):
     out = tmp_path / "sub" / "hostfile"
     env = {"SLURM_JOB_NODELIST": "node[01-02]", "PATH": ""}

@@ -57,6 +57,7 @@ def test_node_rank_from_scheduler_env():
         node_rank_from_env({"SLURM_NODEID": "x"})
 
 
+@pytest.mark.integration
 def test_cli_dry_run_from_slurm_env(tmp_path):
     hostfile = tmp_path / "hostfile"
     env = {**os.environ, "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "4"}
@@ -72,6 +73,7 @@ def test_cli_dry_run_from_slurm_env(tmp_path):
     assert read_hostfile(hostfile) == [("gpu07", 4), ("gpu08", 4)]
 
 
+@pytest.mark.integration
 def test_cli_reports_bad_hostfile(tmp_path):
     bad = tmp_path / "hostfile"
     bad.write_text("node01 slots=two\n")

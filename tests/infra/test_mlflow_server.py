@@ -48,6 +48,7 @@ def test_backend_uri_from_env_stays_out_of_argv(tmp_path):
         server_command(MlflowServerConfig("http://u:pw@x", str(tmp_path)))
 
 
+@pytest.mark.integration
 def test_cli_reports_missing_secret_env():
     run = subprocess.run(
         [sys.executable, "-m", "bertscale.infra.mlflow_server", "--backend-uri-env", "BERTSCALE_NO_SUCH_VAR"],
@@ -58,6 +59,7 @@ def test_cli_reports_missing_secret_env():
     assert "BERTSCALE_NO_SUCH_VAR is not set" in run.stderr
 
 
+@pytest.mark.integration
 def test_server_receives_a_run_over_http(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient

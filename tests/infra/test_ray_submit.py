@@ -31,6 +31,7 @@ def test_submit_command():
         submit_command("http://x", ["true"], "id1", HERE / "missing")
 
 
+@pytest.mark.integration
 def test_cli_needs_a_cluster():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = subprocess.run(
@@ -46,6 +47,7 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+@pytest.mark.integration
 def test_local_head_runs_jobs_and_reports_failure(tmp_path):
     with local_head(num_cpus=2) as head:
         pids = [p.pid for p in _tree(head.process.pid)]
@@ -145,6 +147,7 @@ def test_token_auth_refuses_a_client_without_the_token(tmp_path, monkeypatch):
     reset_auth_token_state()  # later tests read ~/.ray/auth_token again
 
 
+@pytest.mark.integration
 def test_a_cluster_client_without_any_token_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     run = subprocess.run(

@@ -16,6 +16,7 @@ SCRIPTS = [*sorted(INFRA.glob("slurm/*.sbatch")), INFRA / "mlflow_server.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.integration
 def test_shell_scripts_parse(script):
     run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
@@ -28,6 +29,7 @@ def _launch_line(script: Path) -> str:
     return line[line.index("python -m bertscale.infra.launch") :]
 
 
+@pytest.mark.integration
 def test_slurm_pretrain_runs_our_launcher(tmp_path):
     """The sbatch's launch line, on node 1 of a 2-node allocation, yields the right deepspeed command."""
     line = _launch_line(INFRA / "slurm" / "pretrain.sbatch").replace(
@@ -64,6 +66,7 @@ def test_slurm_scripts_use_real_configs():
             assert (REPO / config).is_file(), f"{script.name} names missing {config}"
 
 
+@pytest.mark.integration
 def test_k8s_pretrain_job_runs_our_launcher(tmp_path):
     service, job = yaml.safe_load_all((INFRA / "k8s" / "pretrain-job.yaml").read_text())
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"

@@ -1,92 +1,25 @@
-"""load_pretrained: the forms it accepts and clear errors for missing or corrupt checkpoints."""
+"""find_resume and elastic resume: which step dir a run resumes from, and what another world size needs."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-import torch
-from safetensors.torch import save_file
+from helpers.checkpoints import tiny_bert_config, write_step_dir
 
 from bertscale.errors import CheckpointError
-from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining
-from bertscale.model_dir import load_pretrained
+from bertscale.model import BertForPreTraining
 from bertscale.pretrain.checkpoint import find_resume
-
-
-def write_step_dir(root: Path, step: int = 5) -> tuple[Path, BertForPreTraining]:
-    """A step dir as save_checkpoint writes it (minus the DeepSpeed state), plus ``latest``."""
-    config = BertConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    model = BertForPreTraining(config)
-    step_dir = root / "checkpoints" / f"step_{step:08d}"
-    step_dir.mkdir(parents=True)
-    state = {k: v.contiguous().clone() for k, v in model.state_dict().items() if k not in TIED_WEIGHTS}
-    save_file(state, step_dir / "model.safetensors")
-    (step_dir / "bert_config.json").write_text(json.dumps(config.to_hf_dict()))
-    (root / "checkpoints" / "latest").write_text(step_dir.name + "\n")
-    return step_dir, model
-
-
-def test_every_path_form_gives_the_weights_with_tied_keys(tmp_path):
-    step_dir, model = write_step_dir(tmp_path)
-    for path in (tmp_path, tmp_path / "checkpoints", step_dir, step_dir / "model.safetensors"):
-        pretrained = load_pretrained(path)
-        config, weights = pretrained.config, pretrained.state_dict
-        assert config.hidden_size == 16 and config.vocab_size == 40
-        fresh = BertForPreTraining(config)
-        fresh.load_state_dict(weights)  # strict
-        for key, value in model.state_dict().items():
-            assert torch.equal(weights[key], value), key
-        assert weights["cls.predictions.decoder.weight"] is weights["bert.embeddings.word_embeddings.weight"]
-
-
-def test_missing_and_corrupt_checkpoints_name_the_path(tmp_path):
-    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'absent'}: checkpoint not found"):
-        load_pretrained(tmp_path / "absent")
-    step_dir, _ = write_step_dir(tmp_path / "run")
-    (step_dir / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt safetensors file"):
-        load_pretrained(step_dir)
-    (step_dir / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor a DeepSpeed checkpoint"):
-        load_pretrained(step_dir)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(CheckpointError, match=rf"{empty}: neither model.safetensors"):
-        load_pretrained(empty)
 
 
 def test_find_resume(tmp_path):
     assert find_resume("auto", tmp_path / "fresh") is None
     assert find_resume("never", tmp_path) is None
-    step_dir, _ = write_step_dir(tmp_path)
+    step_dir = write_step_dir(tmp_path, BertForPreTraining(tiny_bert_config()))
     for resume, output_dir in (("auto", tmp_path), (str(tmp_path), tmp_path / "other")):
         with pytest.raises(CheckpointError, match=rf"{step_dir}: no deepspeed/ engine state"):
             find_resume(resume, output_dir)
     (step_dir / "deepspeed").mkdir()
     assert find_resume("auto", tmp_path) == step_dir
     assert find_resume(str(tmp_path / "checkpoints"), tmp_path / "other") == step_dir
-
-
-class _Exploit:
-    def __reduce__(self):
-        return (Path.touch, (Path(_Exploit.target),))
-
-
-def test_a_pickled_deepspeed_checkpoint_cannot_run_code(tmp_path):
-    """DeepSpeed loads its files with weights_only=False; ours routes them through weights-only."""
-    _Exploit.target = str(tmp_path / "pwned")
-    tag_dir = tmp_path / "zero" / "global_step1"
-    tag_dir.mkdir(parents=True)
-    torch.save({"module": _Exploit()}, tag_dir / "mp_rank_00_model_states.pt")
-    (tmp_path / "zero" / "latest").write_text("global_step1")
-    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'zero'}: refused by weights-only loading"):
-        load_pretrained(tmp_path / "zero")
-    assert not (tmp_path / "pwned").exists()
-    assert torch.load.__module__ == "torch.serialization"  # the guard is removed afterwards
 
 
 # --- elastic resume: what a checkpoint from another world size / ZeRO stage needs ------------------

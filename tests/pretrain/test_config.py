@@ -80,6 +80,7 @@ def test_lamb_with_zero_is_refused():
     assert load_pretrain_config(None, ["optimizer.name=lamb", "engine.zero_stage=0"]).optimizer.name == "lamb"
 
 
+@pytest.mark.integration
 def test_unknown_key_is_one_line_naming_the_file(tmp_path):
     """The real CLI: exit 2, one line on stderr, no traceback."""
     bad = tmp_path / "bad.yaml"

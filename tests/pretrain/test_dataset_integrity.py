@@ -27,6 +27,7 @@ def verify_cli(root: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_verify_names_every_bad_shard_and_exits_1(write_shards, tmp_path):
     root = write_shards(tmp_path / "data", {"train": 5, "validation": 1})
     assert verify(root) == (6, [])
@@ -55,6 +56,7 @@ def test_verify_names_every_bad_shard_and_exits_1(write_shards, tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_verify_of_a_good_dataset_and_of_no_dataset(write_shards, tmp_path):
     root = write_shards(tmp_path / "data")
     result = verify_cli(root)

