@@ -45,11 +45,11 @@ from bertscale.data_pipeline.__main__ import DEMO_CONFIG
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import Corpus, SampleRecipe
 from bertscale.data_pipeline.multistream import write_multistream
-from bertscale.data_pipeline.schema import TOKENIZER_NAME, masking_vocab, special_token_ids
+from bertscale.data_pipeline.schema import TOKENIZER_NAME
 from bertscale.data_pipeline.shards import plan_shards, write_split
 from bertscale.data_pipeline.sources import clean_document, expand_inputs, iter_wiki_pages, read_book
 from bertscale.data_pipeline.stages import build_samples, encode_documents
-from bertscale.data_pipeline.tokenizer import processor, word_start_table
+from bertscale.data_pipeline.tokenizer import processor, special_tokens, word_start_table
 
 POST_PARSE = ("encode", "pairs", "write")
 
@@ -102,14 +102,14 @@ def single_core_cpu(
         cpu[stage] = min(cpu.get(stage, float("inf")), time.process_time() - start)
         return result
 
-    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
+    special = special_tokens(sp)
     for r in range(repeats):
         raw_tokens = sum(
             map(len, timed("raw spm", partial(sp.encode, out_type=int, num_threads=1), sentences))
         )
         corpus = timed("encode", encode_corpus, model, documents)
         n = corpus.num_documents
-        recipe = SampleRecipe(cfg.pairs, np.arange(n), vocab, cfg.seed, word_start_table(sp))
+        recipe = SampleRecipe(cfg.pairs, np.arange(n), special, cfg.seed, word_start_table(sp))
         batch = timed("pairs", build_samples, corpus, 0, n, recipe)
         plans, _ = plan_shards(np.arange(len(batch)), cfg.split.samples_per_shard, "drop", "train")
         timed("write", write_split, out / str(r), "train", batch, plans, cfg.split.samples_per_shard)

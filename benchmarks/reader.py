@@ -26,10 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bertscale.data_pipeline.schema import (
-    CLS_ID,
     MANIFEST_NAME,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
     Manifest,
     Sample,
     ShardInfo,
@@ -38,9 +35,11 @@ from bertscale.data_pipeline.schema import (
     read_shard,
     shard_name,
 )
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.pretrain.data import PretrainBatches
 
 VOCAB = 30522
+SPECIAL = trained_special(VOCAB)  # the pipeline's SentencePiece layout: synthetic ids, only their shape matters
 GPU_SEQUENCES_PER_S = 3000
 
 
@@ -53,8 +52,9 @@ def write_shards(root: Path, shards: int, per_shard: int, seq: int, dupe: int = 
             for i in range(per_shard):
                 n = int(rng.integers(seq // 2, seq - 3 + 1))
                 a = int(rng.integers(1, n))
-                body = rng.integers(NUM_SPECIAL_TOKENS, VOCAB, size=n)
-                ids = np.concatenate([[CLS_ID], body[:a], [SEP_ID], body[a:], [SEP_ID]]).astype(np.int32)
+                body = rng.integers(len(SPECIAL.ids), VOCAB, size=n)
+                cls, sep = SPECIAL.cls_id, SPECIAL.sep_id
+                ids = np.concatenate([[cls], body[:a], [sep], body[a:], [sep]]).astype(np.int32)
                 types = np.concatenate([np.zeros(a + 2), np.ones(n - a + 1)]).astype(np.uint8)
                 m = max(1, round(0.15 * n))
                 positions = np.stack(

@@ -34,13 +34,7 @@ import numpy as np
 import torch
 import transformers
 
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
-    masking_vocab,
-    special_token_ids,
-)
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.masking import IGNORE_INDEX, mask_sequence
 from bertscale.model import BertConfig, BertForPreTraining, training_flops_per_token
 
@@ -84,15 +78,16 @@ def make_batch(
 ) -> dict[str, torch.Tensor]:
     """A right-padded HF-style batch (as bertscale.pretrain.data.collate makes), padded to max_seq_length."""
     lengths = sequence_lengths(batch_size, max_seq_length, 0.1, rng)
-    vocab = masking_vocab(vocab_size, special_token_ids())
+    special = trained_special(vocab_size)  # a trained SentencePiece's ids: only their shape matters here
+    vocab, first_word = special.masking_vocab(), len(special.ids)
     input_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)  # PAD_ID = 0
     labels = np.full((batch_size, max_seq_length), IGNORE_INDEX, dtype=np.int64)
     token_type_ids = np.zeros((batch_size, max_seq_length), dtype=np.int64)
     attention_mask = np.zeros((batch_size, max_seq_length), dtype=np.int64)
     for i, length in enumerate(lengths):
-        ids = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, length)
+        ids = rng.integers(first_word, vocab_size, length)
         len_a = int(rng.integers(1, length - 2)) if length > 3 else 1
-        ids[0], ids[len_a], ids[length - 1] = CLS_ID, SEP_ID, SEP_ID
+        ids[0], ids[len_a], ids[length - 1] = special.cls_id, special.sep_id, special.sep_id
         token_type_ids[i, len_a + 1 : length] = 1
         attention_mask[i, :length] = 1
         input_ids[i, :length], labels[i, :length] = mask_sequence(ids, rng, vocab, masked_lm_prob)  # dynamic

@@ -4,7 +4,8 @@ Layout (pretraining's step dirs, fine-tuned models and imported checkpoints all 
 
     model.safetensors     weights, HF keys (tied copies dropped: readers restore them)
     bert_config.json      BertConfig.to_hf_dict()
-    tokenizer.model       the tokenizer's files (kind ``sentencepiece``: the pipeline's model)
+    tokenizer.model       the tokenizer's files (kind ``sentencepiece``: the pipeline's model; kind
+                          ``huggingface``: tokenizer.json, e.g. a published BERT's WordPiece)
     ...                   what the writer adds (config.yaml, head.json, trainer_state.json, deepspeed/)
 
 Where a model directory is found: a pretrain run dir or its ``checkpoints/`` dir stand for the step
@@ -20,6 +21,7 @@ Public API:
     save_model_dir(out, config, state_dict, tokenizer=None, config_name=CONFIG) -> Path   atomic
     step_dir_name(step), latest_step_dir(checkpoints_dir), resolve_step_dir(path) -> Path
     load_pretrained(path) -> Pretrained(config, state_dict, tokenizer, step_dir)   resolves, tied keys restored
+    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   a transformers dir, BertForPreTraining keys
     read_model_dir(directory) -> Pretrained                a model dir as written, nothing resolved
     read_config(directory) -> BertConfig; load_safetensors(path) -> state_dict
     weights_only_loading(where)      context: DeepSpeed's torch.load made weights-only
@@ -41,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertscale.atomic import atomic_directory
-from bertscale.data_pipeline.schema import TOKENIZER_NAME
+from bertscale.data_pipeline.schema import HF_TOKENIZER_NAME, TOKENIZER_NAME
 from bertscale.errors import CheckpointError
 from bertscale.model import TIED_WEIGHTS, BertConfig
 
@@ -51,10 +53,21 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 DEEPSPEED = "deepspeed"  # the DeepSpeed engine checkpoint inside a pretrain step dir
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+# transformers' layout (a published BERT, or our export)
+HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
+BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
 
 # The files each tokenizer kind consists of, the first being the one its loader opens.
-TOKENIZER_FILES: dict[str, tuple[str, ...]] = {"sentencepiece": (TOKENIZER_NAME,)}
+TOKENIZER_FILES: dict[str, tuple[str, ...]] = {
+    "sentencepiece": (TOKENIZER_NAME,),
+    "huggingface": (HF_TOKENIZER_NAME,),  # a `tokenizers` JSON, e.g. a published BERT's WordPiece
+}
 
 
 # --- tokenizer -----------------------------------------------------------------------------------
@@ -76,9 +89,16 @@ class Tokenizer:
     def from_path(cls, path: str | Path) -> Tokenizer:
         """A tokenizer named by one of its files (e.g. a user's ``model.tokenizer``)."""
         path = Path(path)
+        if path.is_dir() and (path / HF_TOKENIZER_NAME).is_file():  # a HuggingFace tokenizer directory
+            return cls("huggingface", (path / HF_TOKENIZER_NAME,))
+        if path.suffix == ".json":
+            return cls("huggingface", (path,))
         if path.suffix == ".model":
             return cls("sentencepiece", (path,))
-        raise CheckpointError(f"{path}: not a tokenizer file this project reads (a SentencePiece .model)")
+        raise CheckpointError(
+            f"{path}: not a tokenizer this project reads (a SentencePiece .model, a tokenizer.json "
+            "or a directory holding one)"
+        )
 
 
 def find_tokenizer(directory: Path) -> Tokenizer | None:
@@ -203,12 +223,17 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Config, weights and tokenizer from a run dir, ``checkpoints/``, step dir, ZeRO dir or model dir."""
+    """Config, weights and tokenizer from a run dir, ``checkpoints/``, step dir, ZeRO dir, model dir or
+    transformers directory (``config.json``; BertModel or BertForPreTraining keys, heads or not)."""
     given = Path(path)
-    where = _locate(given)
-    zero = where.zero_dir is not None
-    state = _load_zero(where.zero_dir, where.zero_tag) if zero else load_safetensors(where.step_dir / WEIGHTS)
-    config = read_config(where.step_dir, given)
+    if (given / HF_CONFIG).is_file() and not (given / CONFIG).is_file():
+        config, state = read_hf_checkpoint(given)
+        where = _Location(given, None, None)
+    else:
+        where = _locate(given)
+        zero = where.zero_dir is not None
+        state = _load_zero(where.zero_dir, where.zero_tag) if zero else load_safetensors(where.step_dir / WEIGHTS)
+        config = read_config(where.step_dir, given)
     for key, source in TIED_WEIGHTS.items():
         if key not in state and source in state:
             state[key] = state[source]
@@ -278,3 +303,70 @@ def weights_only_loading(where: str | Path) -> Iterator[None]:
         raise CheckpointError(f"{where}: refused by weights-only loading ({first})") from None
     finally:
         torch.load = unsafe_load
+
+
+# --- transformers' directories --------------------------------------------------------------
+
+
+def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
+    """Config and weights of a transformers BERT directory, as BertForPreTraining keys.
+
+    Accepts BertForPreTraining and BertModel checkpoints (the latter without ``bert.`` prefix and
+    without heads: the returned state then has only ``bert.*`` keys), in ``model.safetensors``,
+    a sharded safetensors index, or ``pytorch_model.bin`` (read with ``weights_only=True``).
+    """
+    root = Path(hf_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
+    config_path = root / HF_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{root}: no {HF_CONFIG}")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
+    return config, _normalise_keys(_read_weights(root))
+
+
+def _read_weights(root: Path) -> StateDict:
+    if (root / HF_WEIGHTS).is_file():
+        return load_safetensors(root / HF_WEIGHTS)
+    if (root / HF_INDEX).is_file():
+        try:
+            weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
+        state: StateDict = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors(root / shard))
+        return state
+    if (root / HF_BIN).is_file():
+        try:  # weights_only: a pickle from the internet must not run code
+            state = torch.load(root / HF_BIN, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise CheckpointError(
+                f"{root / HF_BIN}: not a loadable weights-only state dict ({err})"
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
+        return state
+    raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
+
+
+def _normalise_keys(state: StateDict) -> StateDict:
+    """BertModel keys get the ``bert.`` prefix; TF-era LayerNorm ``gamma``/``beta`` become weight/bias."""
+    bare = not any(key.startswith(("bert.", "cls.")) for key in state)
+    out = {}
+    for key, value in state.items():
+        if key.endswith("LayerNorm.gamma"):
+            key = key.removesuffix("gamma") + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key.removesuffix("beta") + "bias"
+        if bare:
+            key = f"bert.{key}"
+        if key not in BUFFERS:
+            out[key] = value
+    return out

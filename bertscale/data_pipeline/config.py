@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from bertscale.data_pipeline.schema import MAX_SEQ_LENGTH, NUM_SPECIAL_TOKENS
+from bertscale.data_pipeline.schema import MAX_SEQ_LENGTH, SPECIAL_TOKENS
 from bertscale.runtime.config import MlflowConfig
 
 
@@ -18,6 +18,11 @@ class InputsConfig:
     books: list[str] = field(default_factory=list)  # UTF-8 .txt files, one book per file
     line_documents: list[str] = field(default_factory=list)  # UTF-8 text, one document per line
     r_datasets: list[str] = field(default_factory=list)  # PACKAGE[/NAME]: books in R data packages
+    # users' own corpora (each file may be .gz/.bz2/.zst compressed; bad records skipped and counted)
+    jsonl: list[str] = field(default_factory=list)  # JSON Lines, one document per line (text at text_field)
+    parquet: list[str] = field(default_factory=list)  # Parquet, one document per row (text in text_field)
+    text: list[str] = field(default_factory=list)  # plain-text files or directories, one document per file
+    text_field: str = "text"  # the JSONL field / Parquet column holding a document's text
     max_documents: int | None = None  # cap (in input order) to keep demo runs small
     min_sentence_chars: int = 8  # shorter fragments (stray markup, headings) are dropped
 
@@ -26,12 +31,14 @@ class InputsConfig:
 class TokenizerConfig:
     # ids are stored as int32; SentencePiece needs room beyond the special tokens
     RANGES: ClassVar[dict[str, str]] = {
-        "vocab_size": f"[{NUM_SPECIAL_TOKENS + 3}, {2**31}]",
+        "vocab_size": f"[{len(SPECIAL_TOKENS) + 3}, {2**31}]",
         "character_coverage": "(0, 1]",
         "input_sentence_size": "[1, inf)",
     }
 
-    model_path: str | None = None  # reuse this SentencePiece model instead of training one
+    # use this tokenizer instead of training a SentencePiece one: a SentencePiece .model, a
+    # tokenizer.json, or a HuggingFace tokenizer directory (tokenizer.json and/or WordPiece vocab.txt)
+    model_path: str | None = None
     vocab_size: int = 8000
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertscale.data_pipeline.config import PairsConfig
-from bertscale.data_pipeline.schema import ARRAY_FIELDS, CLS_ID, NEXT_IS_RANDOM, NEXT_IS_REAL, SEP_ID, Sample
-from bertscale.masking import MaskingVocab, mask_flat
+from bertscale.data_pipeline.schema import ARRAY_FIELDS, NEXT_IS_RANDOM, NEXT_IS_REAL, Sample, SpecialTokens
+from bertscale.masking import mask_flat
 
 
 @dataclass
@@ -226,7 +226,9 @@ def _random_document(pool: np.ndarray, doc_id: int, u: float, rng: np.random.Gen
     return other if other != doc_id else None  # None: the pool holds only this document
 
 
-def pair_inputs(spans: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_inputs(
+    spans: np.ndarray, tokens: np.ndarray, special: SpecialTokens
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[CLS] A [SEP] B [SEP]`` for every span row, back to back, by index arithmetic
     → (input_ids int32, token_type_ids uint8, lengths)."""
     len_a, len_b = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
@@ -237,9 +239,9 @@ def pair_inputs(spans: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.n
     la = rep(len_a)
     source = np.where(p <= la, rep(spans[:, 0]) + p - 1, rep(spans[:, 2]) + p - la - 2)
     input_ids = tokens[np.clip(source, 0, len(tokens) - 1)].astype(np.int32)
-    input_ids[sample_start] = CLS_ID
-    input_ids[sample_start + len_a + 1] = SEP_ID
-    input_ids[sample_start + lengths - 1] = SEP_ID
+    input_ids[sample_start] = special.cls_id
+    input_ids[sample_start + len_a + 1] = special.sep_id
+    input_ids[sample_start + lengths - 1] = special.sep_id
     return input_ids, (p >= la + 2).astype(np.uint8), lengths
 
 
@@ -249,7 +251,7 @@ class SampleRecipe:
 
     pairs: PairsConfig
     pool: np.ndarray  # documents eligible as the source of a random B
-    vocab: MaskingVocab
+    special: SpecialTokens  # the tokenizer's ids ([CLS]/[SEP] frame; masking's reserved ids)
     seed: int
     word_start: np.ndarray | None = None  # bool per id: used when pairs.whole_word_masking
 
@@ -274,10 +276,10 @@ def range_samples(corpus: Corpus, first: int, last: int, recipe: SampleRecipe) -
     pairs_per_doc = np.array([n for _, n in rngs], dtype=np.int64)
     all_spans = np.concatenate([np.zeros((0, 4), np.int64), *spans])
     all_spans = truncate_spans(all_spans, cfg.max_seq_length - 3, rngs)
-    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens)
+    input_ids, token_type_ids, lengths = pair_inputs(all_spans, corpus.tokens, recipe.special)
     positions, ids, num_predictions = mask_flat(
         input_ids, lengths, rngs, cfg.dupe_factor, cfg.masked_lm_prob, cfg.max_predictions_per_seq,
-        recipe.vocab, recipe.word_start if cfg.whole_word_masking else None,
+        recipe.special.masking_vocab(), recipe.word_start if cfg.whole_word_masking else None,
     )  # fmt: skip
     sample_doc = np.repeat(np.array(doc_ids, dtype=np.int64), pairs_per_doc)
     pair_index = np.arange(len(sample_doc)) - np.repeat(

@@ -29,18 +29,10 @@ from tqdm import tqdm
 
 from bertscale.atomic import atomic_directory, atomic_write, prepare_output_dir
 from bertscale.config import to_dict
-from bertscale.data_pipeline import dedup, multistream, sources, spill, stages
+from bertscale.data_pipeline import corpora, dedup, multistream, sources, spill, stages
 from bertscale.data_pipeline.config import PipelineConfig
 from bertscale.data_pipeline.instances import SampleRecipe
-from bertscale.data_pipeline.schema import (
-    SPLITS,
-    TOKENIZER_NAME,
-    Manifest,
-    SplitInfo,
-    is_dataset_file,
-    masking_vocab,
-    special_token_ids,
-)
+from bertscale.data_pipeline.schema import SPLITS, Manifest, SplitInfo, is_dataset_file
 from bertscale.data_pipeline.shards import write_manifest
 from bertscale.data_pipeline.stages import Chunk, ReadUnit
 from bertscale.data_pipeline.tokenizer import (
@@ -48,6 +40,9 @@ from bertscale.data_pipeline.tokenizer import (
     model_sha256,
     processor,
     sample_indices,
+    special_tokens,
+    tokenizer_filename,
+    tokenizer_kind,
     word_start_table,
 )
 from bertscale.errors import DataError
@@ -258,11 +253,12 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
             clock.lap("pairs")
             splits, dropped = shards_stage(stage, tmp, corpus["documents"], samples["parts"])
             clock.lap("shards")
-            with atomic_write(tmp / TOKENIZER_NAME, "wb") as f:
+            with atomic_write(tmp / tokenizer_filename(model_proto), "wb") as f:
                 f.write(model_proto)
+            special = special_tokens(processor(model_proto))  # readers never assume fixed ids
             manifest = Manifest(
                 tokenizer_sha256=model_sha256(model_proto),
-                vocab_size=processor(model_proto).get_piece_size(),
+                vocab_size=special.vocab_size,
                 max_seq_length=cfg.pairs.max_seq_length,
                 dupe_factor=cfg.pairs.dupe_factor,
                 splits=splits,
@@ -282,6 +278,10 @@ def _run(cfg: PipelineConfig, output: Path, clock: _Clock) -> Path:
                 },
                 skipped=stage.skips.items,
                 dropped_samples=dropped,
+                tokenizer_file=tokenizer_filename(model_proto),
+                special_tokens=special.ids,
+                tokenizer_kind=tokenizer_kind(model_proto),
+                reserved_ids=[list(r) for r in special.reserved],
             )
             write_manifest(tmp, manifest)
         finally:
@@ -318,11 +318,16 @@ def check_shared(directory: Path, output: Path) -> None:
 
 def _read_units(stage: _Stage) -> list[ReadUnit]:
     """The inputs as read units, in input order: wiki files (multistream dumps as byte ranges), books,
-    one-document-per-line files, R data packages."""
-    wiki_files, missing_wiki = sources.expand_inputs(stage.cfg.inputs.wiki)
-    book_files, missing_books = sources.expand_inputs(stage.cfg.inputs.books)
-    line_files, missing_lines = sources.expand_inputs(stage.cfg.inputs.line_documents)
-    for item in missing_wiki + missing_books + missing_lines:
+    one-document-per-line files, R data packages, users' JSONL, Parquet and plain-text files."""
+    inputs = stage.cfg.inputs
+    wiki_files, missing_wiki = sources.expand_inputs(inputs.wiki)
+    book_files, missing_books = sources.expand_inputs(inputs.books)
+    line_files, missing_lines = sources.expand_inputs(inputs.line_documents)
+    jsonl_files, missing_jsonl = sources.expand_inputs(inputs.jsonl)
+    parquet_files, missing_parquet = sources.expand_inputs(inputs.parquet)
+    text_files, missing_text = corpora.expand_text_inputs(inputs.text)
+    missing = missing_wiki + missing_books + missing_lines + missing_jsonl + missing_parquet + missing_text
+    for item in missing:
         stage.skips.add(item["path"], item["reason"])
     indexes = {path: multistream.index_path(path) for path in wiki_files}
     listed = {str(index) for index in indexes.values() if index is not None}
@@ -345,7 +350,10 @@ def _read_units(stage: _Stage) -> list[ReadUnit]:
         units.extend(ranges)
     units += [ReadUnit("book", path) for path in book_files]
     units += [ReadUnit("lines", path) for path in line_files]
-    return units + [ReadUnit("r", f"r://{spec}") for spec in stage.cfg.inputs.r_datasets]
+    units += [ReadUnit("r", f"r://{spec}") for spec in inputs.r_datasets]
+    units += [ReadUnit("jsonl", path, field=inputs.text_field) for path in jsonl_files]
+    units += [ReadUnit("parquet", path, field=inputs.text_field) for path in parquet_files]
+    return units + [ReadUnit("text", path) for path in text_files]
 
 
 def _book_groups(units: list[tuple[int, ReadUnit]]) -> list[list[tuple[int, ReadUnit]]]:
@@ -393,7 +401,8 @@ def read_stage(stage: _Stage) -> list[Chunk]:
         chunks = _cap(chunks, limit)
     if sum(c.documents for c in chunks) == 0:
         raise DataError(
-            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets)"
+            "no documents with text in any input (inputs.wiki / books / line_documents / r_datasets / "
+            "jsonl / parquet / text)"
         )
     return chunks
 
@@ -552,8 +561,8 @@ def pairs_stage(stage: _Stage, corpus: dict[str, Any], model_proto: bytes) -> di
             np.random.default_rng([cfg.seed, 0xB]).choice(num_docs, cfg.pairs.random_doc_pool, False)
         )
     sp = processor(model_proto)
-    vocab = masking_vocab(sp.get_piece_size(), special_token_ids())
-    recipe = ray.put(SampleRecipe(cfg.pairs, pool, vocab, cfg.seed, word_start_table(sp)))
+    special = special_tokens(sp)  # ids from the tokenizer: a published WordPiece has [CLS]=101
+    recipe = ray.put(SampleRecipe(cfg.pairs, pool, special, cfg.seed, word_start_table(sp)))
     refs = [
         _samples_task.remote(stage.spill_dir, i, a, b, recipe) for i, (a, b) in enumerate(corpus["ranges"])
     ]

@@ -18,6 +18,7 @@ This module imports neither ray nor torch so that both sides can depend on it ch
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -35,24 +36,17 @@ from bertscale.masking import MaskingVocab
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-TOKENIZER_NAME = "tokenizer.model"
+TOKENIZER_NAME = "tokenizer.model"  # a SentencePiece model (the pipeline trains one by default)
+HF_TOKENIZER_NAME = "tokenizer.json"  # a HuggingFace `tokenizers` file (e.g. a published WordPiece)
+TOKENIZER_FILES = (TOKENIZER_NAME, HF_TOKENIZER_NAME)
 SPLITS = ("train", "validation")
 
-# Special tokens and their fixed ids in every SentencePiece model the pipeline trains.
+# The five special tokens every tokenizer must have. Their ids depend on the tokenizer: the
+# SentencePiece models the pipeline trains put them at 0-4, a published WordPiece vocabulary
+# elsewhere (bert-base-uncased: [PAD]=0 [UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103). Readers take
+# them from the manifest (:meth:`Manifest.special`) or the tokenizer, never from constants.
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
-NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
-
-
-def special_token_ids() -> dict[str, int]:
-    """Token → id of the specials, as a manifest records them."""
-    return dict(zip(SPECIAL_TOKENS, range(NUM_SPECIAL_TOKENS), strict=True))
-
-
-def masking_vocab(vocab_size: int, special_tokens: dict[str, int]) -> MaskingVocab:
-    """What :mod:`bertscale.masking` needs of a vocabulary whose specials are ``special_tokens``."""
-    return MaskingVocab(vocab_size, special_tokens[MASK_TOKEN], tuple(sorted(special_tokens.values())))
 
 
 NEXT_IS_REAL, NEXT_IS_RANDOM = 0, 1  # HuggingFace convention for next_sentence_label
@@ -70,6 +64,68 @@ LABEL_FIELD = "next_sentence_label"
 SAMPLE_MEMBERS = (*(f"{name}.npy" for name in ARRAY_FIELDS), f"{LABEL_FIELD}.txt")
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special ids of a vocabulary, and the ids masking must leave alone.
+
+    ``reserved`` ([start, stop) id ranges) holds the special tokens and unused slots (WordPiece's
+    ``[unused*]``): they are never chosen for masking and never drawn as a random replacement.
+    """
+
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    vocab_size: int
+    reserved: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def from_ids(cls, ids: dict[str, int], vocab_size: int, reserved: list[list[int]] | None = None):
+        """From ``{"[PAD]": id, ...}`` (what the manifest records); ``reserved`` defaults to the five ids."""
+        missing = [name for name in SPECIAL_TOKENS if name not in ids]
+        if missing:
+            raise DataError(f"special tokens lack {', '.join(missing)}")
+        values = [int(ids[name]) for name in SPECIAL_TOKENS]
+        ranges = reserved if reserved is not None else id_ranges(np.array(values))
+        return cls(*values, vocab_size=vocab_size, reserved=tuple((int(a), int(b)) for a, b in ranges))
+
+    @property
+    def ids(self) -> dict[str, int]:
+        values = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+        return dict(zip(SPECIAL_TOKENS, values, strict=True))
+
+    def masking_vocab(self) -> MaskingVocab:
+        """What :mod:`bertscale.masking` needs: [MASK] and the reserved ids (never chosen nor drawn)."""
+        return self._masking_vocab
+
+    @functools.cached_property
+    def _masking_vocab(self) -> MaskingVocab:  # built once: masking asks per sample
+        reserved = tuple(i for start, stop in self.reserved for i in range(start, stop))
+        return MaskingVocab(self.vocab_size, self.mask_id, reserved)
+
+    @property
+    def is_special(self) -> np.ndarray:
+        """bool (V,): True at the reserved ids."""
+        return self.masking_vocab().is_special
+
+    @property
+    def replacement_ids(self) -> np.ndarray:
+        """int (R,): the ids a random replacement is drawn from, ascending."""
+        return self.masking_vocab().replacement_ids
+
+
+def id_ranges(ids: np.ndarray) -> list[list[int]]:
+    """Sorted unique ids → [start, stop) ranges (how the manifest stores reserved ids compactly)."""
+    ids = np.unique(ids)
+    if not len(ids):
+        return []
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    starts = np.concatenate([[ids[0]], ids[breaks + 1]])
+    stops = np.concatenate([ids[breaks] + 1, [ids[-1] + 1]])
+    return [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]
+
+
 @dataclass
 class Sample:
     key: str
@@ -79,12 +135,15 @@ class Sample:
     masked_ids: np.ndarray  # (D, M) int32
     next_sentence_label: int
 
-    def validate(self, where: str = "sample") -> None:
+    def validate(self, where: str = "sample", special: SpecialTokens | None = None) -> None:
+        """Shapes and ranges; with ``special``, also the [CLS] ... [SEP] frame."""
         t = self.input_ids.shape[0] if self.input_ids.ndim == 1 else -1
         problems = []
         if t < 3:
             problems.append(f"input_ids must be 1-D with at least 3 tokens, shape {self.input_ids.shape}")
-        elif self.input_ids[0] != CLS_ID or self.input_ids[-1] != SEP_ID:
+        elif special is not None and (
+            self.input_ids[0] != special.cls_id or self.input_ids[-1] != special.sep_id
+        ):
             problems.append("input_ids must start with [CLS] and end with [SEP]")
         if self.token_type_ids.shape != self.input_ids.shape:
             problems.append("token_type_ids shape differs from input_ids")
@@ -117,7 +176,9 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     return members
 
 
-def decode_sample(key: str, members: dict[str, bytes], where: str = "shard") -> Sample:
+def decode_sample(
+    key: str, members: dict[str, bytes], where: str = "shard", special: SpecialTokens | None = None
+) -> Sample:
     """Inverse of :func:`encode_sample`; a missing member or wrong dtype is a :class:`DataError`."""
     missing = [m for m in SAMPLE_MEMBERS if m not in members]
     if missing:
@@ -136,7 +197,7 @@ def decode_sample(key: str, members: dict[str, bytes], where: str = "shard") -> 
     except (UnicodeDecodeError, ValueError):
         raise DataError(f"{where}: sample '{key}' has a non-integer {LABEL_FIELD}") from None
     sample = Sample(key=key, next_sentence_label=label, **arrays)
-    sample.validate(f"{where}: sample '{key}'")
+    sample.validate(f"{where}: sample '{key}'", special)
     return sample
 
 
@@ -149,13 +210,14 @@ SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 
 def is_dataset_file(name: str) -> bool:
     """Whether a file name in an output directory is one the pipeline writes (what overwrite replaces)."""
-    return name in (MANIFEST_NAME, TOKENIZER_NAME) or bool(SHARD_NAME.match(name))
+    return name in (MANIFEST_NAME, *TOKENIZER_FILES) or bool(SHARD_NAME.match(name))
 
 
-def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:
+def read_shard(path: str | Path, start: int = 0, special: SpecialTokens | None = None) -> Iterator[Sample]:
     """Stream the samples of one shard in order; corruption raises a DataError naming the shard.
 
     The first ``start`` samples are skipped without being decoded (a resumed reader seeks cheaply).
+    ``special`` (the manifest's) also checks each sample's [CLS] ... [SEP] frame.
     """
     path = Path(path)
     if not path.is_file():
@@ -173,7 +235,7 @@ def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:
                     raise DataError(f"{path}: member '{info.name}' is not named key.field")
                 if key != current_key:
                     if current_key is not None and index >= start:
-                        yield decode_sample(current_key, members, str(path))
+                        yield decode_sample(current_key, members, str(path), special)
                     current_key, members, index = key, {}, index + 1
                 if index < start:
                     continue  # skipped sample: its bytes are never read
@@ -183,7 +245,7 @@ def read_shard(path: str | Path, start: int = 0) -> Iterator[Sample]:
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{path}: corrupt or truncated shard ({err})") from None
     if current_key is not None and index >= start:
-        yield decode_sample(current_key, members, str(path))
+        yield decode_sample(current_key, members, str(path), special)
 
 
 @dataclass
@@ -223,7 +285,18 @@ class Manifest:
     dropped_samples: dict[str, int] = field(default_factory=dict)  # remainder not filling a shard
     format_version: int = FORMAT_VERSION
     tokenizer_file: str = TOKENIZER_NAME
-    special_tokens: dict[str, int] = field(default_factory=special_token_ids)
+    # manifests written before these fields existed came from the pipeline's SentencePiece (ids 0-4)
+    special_tokens: dict[str, int] = field(
+        default_factory=lambda: dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS)), strict=True))
+    )
+    tokenizer_kind: str = "sentencepiece"  # or "wordpiece" (tokenizer.json)
+    reserved_ids: list[list[int]] = field(default_factory=lambda: [[0, len(SPECIAL_TOKENS)]])
+
+    def special(self) -> SpecialTokens:
+        return SpecialTokens.from_ids(self.special_tokens, self.vocab_size, self.reserved_ids)
+
+    def masking_vocab(self) -> MaskingVocab:
+        return self.special().masking_vocab()
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -232,8 +305,6 @@ class Manifest:
             data["splits"][name]["tokens"] = split.tokens
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
-    def masking_vocab(self) -> MaskingVocab:
-        return masking_vocab(self.vocab_size, self.special_tokens)
 
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         if split not in self.splits:
@@ -421,11 +492,14 @@ def _gather(
     return raw.reshape(-1).view(dtype), offsets
 
 
-def load_shard(path: str | Path, *, vocab_size: int, expected_samples: int | None = None) -> ShardArrays:
+def load_shard(
+    path: str | Path, *, vocab_size: int, expected_samples: int | None = None, special: SpecialTokens | None = None
+) -> ShardArrays:
     """Read and check a whole shard at once: tar layout parsed once, arrays taken at their offsets.
 
     Besides the layout, values are checked against the manifest: token and masked ids below
-    ``vocab_size``, token types 0/1, positions inside their sequence, the sample count. Any problem
+    ``vocab_size``, token types 0/1, positions inside their sequence, the sample count, and with
+    ``special`` (the manifest's) the [CLS] ... [SEP] frame. Any problem
     is one :class:`DataError` naming the shard (and the sample).
     """
     path = Path(path)
@@ -475,11 +549,13 @@ def load_shard(path: str | Path, *, vocab_size: int, expected_samples: int | Non
         path, keys, arrays["input_ids"], arrays["token_type_ids"], offsets["input_ids"],
         arrays["masked_positions"], arrays["masked_ids"], offsets["masked_positions"], draws, labels,
     )  # fmt: skip
-    _check_values(shard, vocab_size, offsets["token_type_ids"], offsets["masked_ids"])
+    _check_values(shard, vocab_size, offsets["token_type_ids"], offsets["masked_ids"], special)
     return shard
 
 
-def _check_values(s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray) -> None:
+def _check_values(
+    s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_offsets: np.ndarray, special: SpecialTokens | None
+) -> None:
     """The shard's values against the contract and the manifest vocabulary, all samples at once."""
     lengths, n = s.lengths, len(s.keys)
 
@@ -495,8 +571,9 @@ def _check_values(s: ShardArrays, vocab_size: int, type_offsets: np.ndarray, id_
     if n == 0:
         return
     fail(lengths < 3, "has fewer than 3 tokens")
-    fail(s.input_ids[s.offsets[:-1]] != CLS_ID, "input_ids must start with [CLS]")
-    fail(s.input_ids[s.offsets[1:] - 1] != SEP_ID, "input_ids must end with [SEP]")
+    if special is not None:
+        fail(s.input_ids[s.offsets[:-1]] != special.cls_id, "input_ids must start with [CLS]")
+        fail(s.input_ids[s.offsets[1:] - 1] != special.sep_id, "input_ids must end with [SEP]")
     ids_bad = (s.input_ids < 0) | (s.input_ids >= vocab_size)
     fail(per_sample(ids_bad, s.offsets), f"has a token id outside the manifest vocab [0, {vocab_size})")
     fail(np.diff(type_offsets) != lengths, "token_type_ids shape differs from input_ids")

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
-from bertscale.data_pipeline import multistream, r_datasets, sources, spill
+from bertscale.data_pipeline import corpora, multistream, r_datasets, sources, spill
 from bertscale.data_pipeline.config import SplitConfig, TokenizerConfig
 from bertscale.data_pipeline.instances import Corpus, SampleRecipe, range_samples
 from bertscale.data_pipeline.schema import SPLITS, ShardInfo, shard_name
 from bertscale.data_pipeline.shards import SampleBatch, ShardPlan, plan_shards, write_shard
-from bertscale.data_pipeline.tokenizer import processor, train_tokenizer
+from bertscale.data_pipeline.tokenizer import Processor, processor, train_tokenizer
 from bertscale.errors import DataError
 
 CLEAN_BATCH_CHARS = 256_000  # raw wikitext per cleaning batch: small enough to spread, big enough to amortise
@@ -36,11 +35,12 @@ BUILD_BLOCK_TOKENS = 1 << 17  # tokens per vectorised pairs/masks/serialise step
 class ReadUnit:
     """What one read task reads: a whole file, or a byte range of a multistream dump."""
 
-    kind: str  # "wiki" | "book" | "lines" (a document per line) | "r" (path r://PACKAGE[/NAME])
+    kind: str  # "wiki" | "book" | "lines" (a document per line) | "r" (r://PACKAGE[/NAME]) | "jsonl" | "parquet" | "text"
     path: str
     start: int = 0
     end: int | None = None  # None: the whole file
     header: bytes = b""  # the dump's XML header, put before a range that does not start at 0
+    field: str = "text"  # jsonl / parquet: where a record's text is
 
 
 @dataclass
@@ -64,6 +64,12 @@ def raw_documents(unit: ReadUnit) -> Iterator[sources.RawDocument]:
         yield from sources.read_line_documents(unit.path)
     elif unit.kind == "r":
         yield from r_datasets.iter_r_texts(unit.path.removeprefix("r://"))
+    elif unit.kind == "jsonl":
+        yield from corpora.iter_jsonl(unit.path, unit.field)
+    elif unit.kind == "parquet":
+        yield from corpora.iter_parquet(unit.path, unit.field)
+    elif unit.kind == "text":
+        yield corpora.read_text_file(unit.path)
     elif unit.end is None:
         yield from sources.iter_wiki_pages(unit.path)
     else:
@@ -147,7 +153,7 @@ def encode_documents(
 
 
 def _encode(
-    sp: spm.SentencePieceProcessor, documents: list[list[str]]
+    sp: Processor, documents: list[list[str]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids: list[list[int]] = sp.encode([s for doc in documents for s in doc], out_type=int)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)

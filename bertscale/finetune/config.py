@@ -24,7 +24,7 @@ class FinetuneModelConfig:
     # pretrained: start from the checkpoint's weights; random: same architecture and tokenizer, fresh
     # weights (the baseline that shows what pretraining buys).
     init: Literal["pretrained", "random"] = "pretrained"
-    # SentencePiece model; defaults to the checkpoint's tokenizer.model.
+    # SentencePiece .model, tokenizer.json or HF tokenizer dir; defaults to the checkpoint's tokenizer.
     tokenizer: str | None = None
     # BertConfig fields: the architecture when there is no checkpoint, else overrides (e.g. dropout).
     config: dict[str, Any] = field(default_factory=dict)

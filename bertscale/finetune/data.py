@@ -1,4 +1,4 @@
-"""Task data → model inputs: SentencePiece tokenisation, subword/label alignment, splits, batches.
+"""Task data → model inputs: tokenisation (the pretraining tokenizer), subword/label alignment, splits, batches.
 
 Pure functions over lists (explicit seeds), so tests can pin exact outputs:
 
@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import sentencepiece as spm
 import torch
 
-from bertscale.data_pipeline.schema import CLS_ID, PAD_ID, SEP_ID, UNK_ID
-from bertscale.data_pipeline.tokenizer import load_tokenizer_model, processor
+from bertscale.data_pipeline.schema import SpecialTokens
+from bertscale.data_pipeline.tokenizer import Processor, load_tokenizer_model, processor, special_tokens
 from bertscale.errors import DataError
 from bertscale.finetune.readers import (
     BUILTIN_DATASETS,
@@ -41,9 +40,25 @@ SPLIT_NAMES = ("train", "validation", "test")
 
 
 class Tokenizer(Protocol):
-    """What we need of a sentencepiece.SentencePieceProcessor."""
+    """What we need of a tokenizer: SentencePieceProcessor's ``encode`` and the special ids."""
+
+    special: SpecialTokens
 
     def encode(self, input: str | list[str], out_type: type = int) -> list: ...
+
+
+@dataclass
+class TaskTokenizer:
+    """The pretraining tokenizer (SentencePiece or a HuggingFace WordPiece) and its special ids."""
+
+    processor: Processor
+    special: SpecialTokens
+
+    def encode(self, input: str | list[str], out_type: type = int) -> list:
+        return self.processor.encode(input, out_type=out_type)
+
+    def get_piece_size(self) -> int:
+        return self.processor.get_piece_size()
 
 
 @dataclass
@@ -61,9 +76,10 @@ class TaskData:
     skipped: list[str] = field(default_factory=list)  # "file:line: reason" of skipped rows
 
 
-def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
-    """The pretraining SentencePiece model (validated: special tokens at the schema's ids)."""
-    return processor(load_tokenizer_model(path), where=str(path))
+def load_tokenizer(path: str | Path) -> TaskTokenizer:
+    """The pretraining tokenizer (``tokenizer.model``, ``tokenizer.json`` or a HF tokenizer directory)."""
+    proc = processor(load_tokenizer_model(path), where=str(path))
+    return TaskTokenizer(proc, special_tokens(proc))
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -83,34 +99,35 @@ def truncate_longest_first(a: list[int], b: list[int], max_tokens: int) -> tuple
 def encode_sentence(
     tokenizer: Tokenizer, text: str, text_pair: str | None, max_seq_length: int
 ) -> tuple[list[int], list[int]]:
+    cls, sep = tokenizer.special.cls_id, tokenizer.special.sep_id
     a = tokenizer.encode(text, out_type=int)
     if text_pair is None:
         a = a[: max_seq_length - 2]
-        return [CLS_ID, *a, SEP_ID], [0] * (len(a) + 2)
+        return [cls, *a, sep], [0] * (len(a) + 2)
     a, b = truncate_longest_first(a, tokenizer.encode(text_pair, out_type=int), max_seq_length - 3)
-    return [CLS_ID, *a, SEP_ID, *b, SEP_ID], [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    return [cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
 
 def align_word_labels(
-    word_pieces: Sequence[Sequence[int]], word_labels: Sequence[int], max_seq_length: int
+    word_pieces: Sequence[Sequence[int]], word_labels: Sequence[int], max_seq_length: int, special: SpecialTokens
 ) -> tuple[list[int], list[int], int]:
     """``[CLS] pieces… [SEP]`` and per-token labels: a word's first piece gets its label, the rest -100.
 
     A word that tokenises to nothing becomes [UNK] so that it still gets a prediction. Returns
     (input_ids, labels, number of words cut off by max_seq_length).
     """
-    input_ids, labels = [CLS_ID], [IGNORE_INDEX]
+    input_ids, labels = [special.cls_id], [IGNORE_INDEX]
     budget = max_seq_length - 1  # room for the final [SEP]
     kept = 0
     for pieces, label in zip(word_pieces, word_labels, strict=True):
-        pieces = list(pieces) or [UNK_ID]
+        pieces = list(pieces) or [special.unk_id]
         if len(input_ids) >= budget:
             break
         pieces = pieces[: budget - len(input_ids)]
         input_ids += pieces
         labels += [label] + [IGNORE_INDEX] * (len(pieces) - 1)
         kept += 1
-    return [*input_ids, SEP_ID], [*labels, IGNORE_INDEX], len(word_labels) - kept
+    return [*input_ids, special.sep_id], [*labels, IGNORE_INDEX], len(word_labels) - kept
 
 
 def featurize(
@@ -121,7 +138,8 @@ def featurize(
     for ex in examples:
         if isinstance(ex, TaggedExample):
             pieces = tokenizer.encode(ex.words, out_type=int)
-            ids, labels, cut = align_word_labels(pieces, [label_to_id[t] for t in ex.tags], max_seq_length)
+            tag_ids = [label_to_id[t] for t in ex.tags]
+            ids, labels, cut = align_word_labels(pieces, tag_ids, max_seq_length, tokenizer.special)
             counts["truncated_words"] += cut
             features.append(Features(ids, [0] * len(ids), labels))
         else:
@@ -236,11 +254,11 @@ def _has_known_labels(ex: Example, label_to_id: dict[str, int]) -> bool:
 # --- batching ----------------------------------------------------------------------------------
 
 
-def collate(features: Sequence[Features]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence in the batch (PAD_ID, attention_mask 0, labels IGNORE_INDEX)."""
+def collate(features: Sequence[Features], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (``pad_id``, attention_mask 0, labels IGNORE_INDEX)."""
     width = max(len(f.input_ids) for f in features)
     batch = len(features)
-    input_ids = torch.full((batch, width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((batch, width), dtype=torch.long)
     attention_mask = torch.zeros((batch, width), dtype=torch.long)
     token_level = isinstance(features[0].labels, list)
@@ -263,7 +281,7 @@ def collate(features: Sequence[Features]) -> dict[str, torch.Tensor]:
 
 
 def train_batches(
-    features: Sequence[Features], micro_batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    features: Sequence[Features], micro_batch_size: int, seed: int, pad_id: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled micro-batches; each epoch reshuffles, each rank takes its share of a global batch.
 
@@ -277,10 +295,12 @@ def train_batches(
         order = np.random.default_rng([seed, epoch]).permutation(len(features))
         for start in range(0, len(order) - global_batch + 1, global_batch):
             chunk = order[start : start + global_batch][rank::world_size]
-            yield collate([features[i] for i in chunk])
+            yield collate([features[i] for i in chunk], pad_id)
         epoch += 1
 
 
-def eval_batches(features: Sequence[Features], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def eval_batches(
+    features: Sequence[Features], batch_size: int, pad_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
     for start in range(0, len(features), batch_size):
-        yield collate(features[start : start + batch_size])
+        yield collate(features[start : start + batch_size], pad_id)

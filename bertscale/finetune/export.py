@@ -4,18 +4,23 @@
     python -m bertscale.finetune.export --from-hf HFDIR OUT   transformers BERT directory -> our step dir
 
 A transformers directory holds ``config.json`` and ``model.safetensors``; it loads with
-``transformers.BertForPreTraining.from_pretrained(OUT)`` or ``BertModel.from_pretrained(OUT)``.
+``transformers.BertForPreTraining.from_pretrained(OUT)`` (``AutoModelForMaskedLM``, the
+``fill-mask`` pipeline) or ``BertModel.from_pretrained(OUT)``; a headless encoder (e.g. an imported
+sentence encoder) exports as ``BertModel``. ``--to-hf`` also writes the tokenizer so that
+``AutoTokenizer.from_pretrained(OUT)`` gives exactly our ids (a SentencePiece model is converted, a
+WordPiece ``tokenizer.json`` kept), and a model card ``README.md`` (data manifest digest, steps,
+tokens seen, eval metrics).
 CKPT is anything ``bertscale.model_dir.load_pretrained`` reads (run dir, step dir, ZeRO dir). Our
 model directory (bertscale.model_dir) holds ``model.safetensors`` + ``bert_config.json`` and is
 itself such a CKPT, so it can seed pretraining (``checkpoint.init_from``) or fine-tuning
-(``model.checkpoint``). A tokenizer of ours found with the source is copied along (transformers' own
-BERT tokenizers, WordPiece ``vocab.txt``, are not ours and are not converted).
+(``model.checkpoint``); ``--from-hf`` keeps a ``tokenizer.json`` found in HFDIR.
 
 Public API:
     export_to_hf(config, state_dict, out_dir, tokenizer=None) -> Path     tokenizer: a model_dir.Tokenizer
-    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   BertForPreTraining keys (tied ones may lack)
+    read_hf_checkpoint(hf_dir) -> (BertConfig, state_dict)   (bertscale.model_dir's) BertForPreTraining keys
     check_state_dict(config, state_dict, source, cls) -> state_dict with tied keys, or CheckpointError
     load_hf_model(hf_dir, cls=BertForPreTraining) -> our BertForPreTraining or BertModel, eval mode
+    has_heads(state_dict) -> bool                           MLM/NSP heads present (tied copies aside)
     save_pretrained_dir(config, state_dict, out_dir, tokenizer=None) -> Path   our model-dir layout
 """
 
@@ -23,35 +28,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 
 import torch
 
-from bertscale.atomic import prepare_output_dir
-from bertscale.errors import CheckpointError, run_cli
+from bertscale.atomic import atomic_directory, prepare_output_dir
+from bertscale.data_pipeline.tokenizer import (
+    HF_TOKENIZER_CONFIG,
+    HF_VOCAB,
+    load_tokenizer_model,
+    write_hf_tokenizer,
+)
+from bertscale.errors import CheckpointError, DataError, run_cli
+from bertscale.finetune.model_card import model_card
 from bertscale.model import TIED_WEIGHTS, BertConfig, BertForPreTraining, BertModel
 from bertscale.model_dir import (
     CONFIG,
+    HF_CONFIG,
+    HF_INDEX,
+    HF_WEIGHTS,
     TOKENIZER_FILES,
     Tokenizer,
     find_tokenizer,
     load_pretrained,
-    load_safetensors,
+    read_hf_checkpoint,
     save_model_dir,
+    write_model_dir,
 )
 
-HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_BIN = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-)
-BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # older HF files carry them
 StateDict = dict[str, torch.Tensor]
 # what --overwrite replaces in a non-empty OUT; anything else there is kept
-EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_INDEX, CONFIG, *chain(*TOKENIZER_FILES.values())})
+EXPORT_FILES = frozenset(
+    {HF_CONFIG, HF_WEIGHTS, HF_INDEX, CONFIG, *chain(*TOKENIZER_FILES.values())}
+    | {HF_TOKENIZER_CONFIG, HF_VOCAB, "special_tokens_map.json"}  # --to-hf's tokenizer files
+)
 
 
 # --- ours -> transformers --------------------------------------------------------------------
@@ -63,10 +76,32 @@ def export_to_hf(
     out_dir: str | Path,
     tokenizer: Tokenizer | None = None,
     source: str = "checkpoint",
+    card: str | None = None,
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` of a BertForPreTraining, atomically."""
-    state = check_state_dict(config, state_dict, source)
-    return save_model_dir(out_dir, config, state, tokenizer, HF_CONFIG, EXPORT_FILES.__contains__)
+    """Write a transformers directory, atomically: ``config.json`` + ``model.safetensors`` of a
+    BertForPreTraining (or, for a headless encoder, of a BertModel), the tokenizer as
+    ``transformers.AutoTokenizer`` loads it (same ids as ours), and ``card`` as ``README.md``."""
+    state = dict(state_dict)
+    heads = has_heads(state)
+    cls = BertForPreTraining if heads else BertModel
+    kwargs = _model_kwargs(cls, state)
+    state = check_state_dict(config, _keys_for(cls, state), source, cls, **kwargs)
+    with atomic_directory(Path(out_dir), EXPORT_FILES.__contains__) as tmp:
+        write_model_dir(tmp, config, state, None, config_name=HF_CONFIG)
+        if not heads:  # transformers reads the class from here (AutoModel, pipelines)
+            hf = {**config.to_hf_dict(), "architectures": ["BertModel"]}
+            (tmp / HF_CONFIG).write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            try:
+                data = load_tokenizer_model(tokenizer.path)
+            except DataError as err:
+                raise CheckpointError(str(err)) from None
+            write_hf_tokenizer(data, tmp, config.max_position_embeddings)
+            if tokenizer.kind == "sentencepiece":  # ours as well: --from-hf brings it back unchanged
+                shutil.copyfile(tokenizer.path, tmp / tokenizer.path.name)
+        if card is not None and not (Path(out_dir) / "README.md").exists():  # never a user's README
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    return Path(out_dir)
 
 
 def save_pretrained_dir(
@@ -81,35 +116,12 @@ def save_pretrained_dir(
     ``state_dict`` has BertForPreTraining keys; without ``cls.*`` heads it is checked as an encoder.
     """
     state = dict(state_dict)
-    cls = BertForPreTraining if any(key.startswith("cls.") for key in state) else BertModel
+    cls = BertForPreTraining if has_heads(state) else BertModel
     check_state_dict(config, _keys_for(cls, state), source, cls, **_model_kwargs(cls, state))
     return save_model_dir(out_dir, config, state, tokenizer, owned=EXPORT_FILES.__contains__)
 
 
 # --- transformers -> ours --------------------------------------------------------------------
-
-
-def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
-    """Config and weights of a transformers BERT directory, as BertForPreTraining keys.
-
-    Accepts BertForPreTraining and BertModel checkpoints (the latter without ``bert.`` prefix and
-    without heads: the returned state then has only ``bert.*`` keys), in ``model.safetensors``,
-    a sharded safetensors index, or ``pytorch_model.bin`` (read with ``weights_only=True``).
-    """
-    root = Path(hf_dir)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
-    config_path = root / HF_CONFIG
-    if not config_path.is_file():
-        raise CheckpointError(f"{root}: no {HF_CONFIG}")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    if not isinstance(hf_config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
-    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
-    return config, _normalise_keys(_read_weights(root))
 
 
 def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] = BertForPreTraining):
@@ -120,47 +132,6 @@ def load_hf_model(hf_dir: str | Path, cls: type[BertForPreTraining | BertModel] 
     model = cls(config, **kwargs)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _read_weights(root: Path) -> StateDict:
-    if (root / HF_WEIGHTS).is_file():
-        return load_safetensors(root / HF_WEIGHTS)
-    if (root / HF_INDEX).is_file():
-        try:
-            weight_map = json.loads((root / HF_INDEX).read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{root / HF_INDEX}: unreadable index ({err})") from None
-        state: StateDict = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_safetensors(root / shard))
-        return state
-    if (root / HF_BIN).is_file():
-        try:  # weights_only: a pickle from the internet must not run code
-            state = torch.load(root / HF_BIN, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            raise CheckpointError(
-                f"{root / HF_BIN}: not a loadable weights-only state dict ({err})"
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{root / HF_BIN}: expected a dict of tensors")
-        return state
-    raise CheckpointError(f"{root}: no {HF_WEIGHTS}, {HF_INDEX} or {HF_BIN}")
-
-
-def _normalise_keys(state: StateDict) -> StateDict:
-    """BertModel keys get the ``bert.`` prefix; TF-era LayerNorm ``gamma``/``beta`` become weight/bias."""
-    bare = not any(key.startswith(("bert.", "cls.")) for key in state)
-    out = {}
-    for key, value in state.items():
-        if key.endswith("LayerNorm.gamma"):
-            key = key.removesuffix("gamma") + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key.removesuffix("beta") + "bias"
-        if bare:
-            key = f"bert.{key}"
-        if key not in BUFFERS:
-            out[key] = value
-    return out
 
 
 # --- both ------------------------------------------------------------------------------------
@@ -231,17 +202,24 @@ def main(argv: Sequence[str]) -> None:
         source = args.to_hf
         pretrained = load_pretrained(source)
         config, state = pretrained.config, pretrained.state_dict
-        out = export_to_hf(config, state, args.out, pretrained.tokenizer, str(source))
-        kind = "transformers BertForPreTraining"
+        card = model_card(pretrained, source)
+        out = export_to_hf(config, state, args.out, pretrained.tokenizer, str(source), card)
+        heads = has_heads(state)
+        kind = f"transformers {'BertForPreTraining' if heads else 'BertModel (no pretraining heads)'}"
     else:
         source = args.from_hf
         config, state = read_hf_checkpoint(source)
         # only the directory itself: a parent's tokenizer would be unrelated
         out = save_pretrained_dir(config, state, args.out, find_tokenizer(source), str(source))
-        heads = "with" if any(key.startswith("cls.") for key in state) else "WITHOUT"
+        heads = "with" if has_heads(state) else "WITHOUT"
         kind = f"bertscale checkpoint {heads} pretraining heads"
     params = sum(value.numel() for key, value in state.items() if key not in TIED_WEIGHTS)
     print(f"{source} -> {out}: {kind}, {params:,} parameters")
+
+
+def has_heads(state: Mapping[str, torch.Tensor]) -> bool:
+    """Pretraining heads of its own (a restored tied decoder copy of the embeddings is not one)."""
+    return any(key.startswith("cls.") and key not in TIED_WEIGHTS for key in state)
 
 
 def _keys_for(cls: type[BertForPreTraining | BertModel], state: StateDict) -> StateDict:

@@ -74,6 +74,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
             f"{base.config.max_position_embeddings}"
         )
     data = load_task_data(cfg.dataset, tokenizer, cfg.max_seq_length, cfg.seed)
+    pad_id = tokenizer.special.pad_id
     log.info("data: %s; labels %s", data.counts, data.labels)
     for reason in data.skipped[:5]:
         log.warning("skipped %s", reason)
@@ -95,7 +96,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
     def held_out(features: list[Features], prefix: str) -> dict[str, float]:
-        metrics = evaluate(engine.module, eval_batches(features, cfg.train.micro_batch_size), data.labels)
+        metrics = evaluate(engine.module, eval_batches(features, cfg.train.micro_batch_size, pad_id), data.labels)
         return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
     validation = data.splits["validation"]
@@ -145,7 +146,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
             tracker.log_metrics(0, held_out(periodic, "eval"))  # where the curve starts
         state = run_training(
             engine,
-            train_batches(train, cfg.train.micro_batch_size, cfg.seed, dist.rank, dist.world_size),
+            train_batches(train, cfg.train.micro_batch_size, cfg.seed, pad_id, dist.rank, dist.world_size),
             state=TrainState(),
             max_steps=max_steps,
             tracker=tracker,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bertscale.data_pipeline.schema import PAD_ID, Sample, ShardArrays, load_manifest, load_shard, read_shard
+from bertscale.data_pipeline.schema import Sample, ShardArrays, load_manifest, load_shard, read_shard
 from bertscale.errors import DataError
 from bertscale.masking import (
     IGNORE_INDEX,
@@ -167,7 +167,8 @@ class PretrainBatches:
                 f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
         self.vocab_size = manifest.vocab_size
-        self.vocab = manifest.masking_vocab()
+        self.special = manifest.special()  # the tokenizer's ids, never constants
+        self.vocab = self.special.masking_vocab()
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.accumulation = gradient_accumulation_steps
@@ -215,7 +216,9 @@ class PretrainBatches:
                 return int(order[(index + tries) % len(self.shards)]), self._open[path]
             if path not in self._corrupt:
                 try:
-                    shard = load_shard(path, vocab_size=self.vocab_size, expected_samples=self.expected[path])
+                    shard = load_shard(
+                        path, vocab_size=self.vocab_size, expected_samples=self.expected[path], special=self.special
+                    )
                 except DataError as err:
                     if self.on_corrupt_shard == "fail":
                         raise
@@ -244,7 +247,7 @@ class PretrainBatches:
         width = int(lengths.max())
         ids_flat = np.concatenate([s.input_ids[_rows(s, r)[0]] for _, _, s, r in parts])
         types_flat = np.concatenate([s.token_type_ids[_rows(s, r)[0]] for _, _, s, r in parts])
-        input_ids = _pad(ids_flat, lengths, width, PAD_ID)
+        input_ids = _pad(ids_flat, lengths, width, self.special.pad_id)
         token_type_ids = _pad(types_flat, lengths, width, 0)
         if self.masking == "dynamic":
             rng = np.random.default_rng([self.seed, step, lane])
@@ -293,7 +296,10 @@ class PretrainBatches:
             # its own generator: seeding workers must not draw from the global RNG that dropout uses
             generator=torch.Generator().manual_seed(self.seed),
         )
-        log_file = self.sample_log.open("a", encoding="utf-8") if self.sample_log else None
+        log_file = None
+        if self.sample_log is not None:  # every rank writes its own; rank 0 may not have made the dir yet
+            self.sample_log.parent.mkdir(parents=True, exist_ok=True)
+            log_file = self.sample_log.open("a", encoding="utf-8")
         try:
             for t, batch, sample_ids, skipped in loader:
                 if batch is None:  # a worker's one-line DataError, re-raised here
@@ -349,8 +355,9 @@ def eval_batches(
     import itertools
 
     root = Path(root)
-    paths = load_manifest(root).shard_paths(root, split)
-    stream = itertools.chain.from_iterable(read_shard(p) for p in paths)
+    manifest = load_manifest(root)
+    paths, special = manifest.shard_paths(root, split), manifest.special()
+    stream = itertools.chain.from_iterable(read_shard(p, special=special) for p in paths)
     samples = list(itertools.islice(stream, max_batches * micro_batch_size * world_size))
     micro_batch_size = min(micro_batch_size, len(samples) // world_size)  # a small split still counts
     per_global = micro_batch_size * world_size
@@ -362,7 +369,7 @@ def eval_batches(
         width = int(lengths.max())
         batches.append(
             collate(
-                _pad(np.concatenate([ids for ids, _ in masked]), lengths, width, PAD_ID),
+                _pad(np.concatenate([ids for ids, _ in masked]), lengths, width, special.pad_id),
                 _pad(np.concatenate([s.token_type_ids for s in mine]), lengths, width, 0),
                 lengths,
                 _pad(np.concatenate([lab for _, lab in masked]), lengths, width, IGNORE_INDEX),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import torch
 from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
 from bertscale.data_pipeline.schema import Manifest, load_manifest
-from bertscale.errors import CheckpointError, ConfigError
+from bertscale.errors import ConfigError
 from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained, save_model_dir
 from bertscale.pretrain.checkpoint import (
@@ -35,6 +36,7 @@ from bertscale.pretrain.checkpoint import (
 )
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, eval_batches
+from bertscale.pretrain.init_from import load_init, load_init_weights
 from bertscale.runtime.engine import (
     all_gather_object,
     all_reduce_sum,
@@ -245,6 +247,11 @@ def main(cfg: PretrainConfig) -> TrainState:
         reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
     )
     manifest = load_manifest(cfg.data.shards)
+    init = load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
+    if init is not None:  # the checkpoint's architecture (vocab size, max positions, every shape)
+        for f in dataclasses.fields(BertConfig):
+            if f.name != "gradient_checkpointing":
+                setattr(cfg.model, f.name, getattr(init.config, f.name))
     bert_config = cfg.model.resolve(manifest.vocab_size)
     if bert_config.vocab_size < manifest.vocab_size:
         raise ConfigError(
@@ -256,7 +263,6 @@ def main(cfg: PretrainConfig) -> TrainState:
     output_dir, checkpoints = cfg.output_dir, cfg.output_dir / "checkpoints"
     resume = find_resume(cfg.checkpoint.resume, output_dir)
     saved = read_trainer_state(resume) if resume is not None else None
-    init_weights = load_pretrained(cfg.checkpoint.init_from).state_dict if cfg.checkpoint.init_from else None
     tokenizer = find_tokenizer(cfg.data.shards)
 
     dist = init_distributed(cfg.engine.collective_timeout_s)
@@ -273,12 +279,14 @@ def main(cfg: PretrainConfig) -> TrainState:
     budget_samples = token_budget_samples(cfg, manifest)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = BertForPreTraining(bert_config)
-    if init_weights is not None:
-        try:
-            model.load_state_dict(init_weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"{cfg.checkpoint.init_from}: weights do not fit model ({err})") from None
-        log.info("initialised weights from %s", cfg.checkpoint.init_from)
+    new_tensors: list[str] = []
+    if init is not None:
+        new_tensors = load_init_weights(model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}")
+        init = None  # the checkpoint's copy is no longer needed
+        log.info(
+            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint): %s",
+            cfg.checkpoint.init_from, len(new_tensors), ", ".join(new_tensors) or "none",
+        )  # fmt: skip
     engine = create_engine(
         model,
         cfg.engine,
@@ -381,6 +389,7 @@ def main(cfg: PretrainConfig) -> TrainState:
                 "world_size": dist.world_size,
                 "parameters": model.num_parameters(),
                 "resumed_from": str(resume or ""),
+                "init_new_tensors": ", ".join(new_tensors) if cfg.checkpoint.init_from else "",
             }
         )
 

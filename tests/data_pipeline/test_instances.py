@@ -14,26 +14,21 @@ from bertscale.data_pipeline.reference import (
     mask_tokens,
     truncate_random_ends,
 )
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NEXT_IS_RANDOM,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
-    masking_vocab,
-    special_token_ids,
-)
+from bertscale.data_pipeline.schema import NEXT_IS_RANDOM
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.masking import MaskingVocab
 
 VOCAB = 30_000
+SPECIAL = trained_special(VOCAB)  # a trained SentencePiece's ids: the five specials at 0-4
+CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id, 5
 
 
 def vocab(size: int = VOCAB) -> MaskingVocab:
-    return masking_vocab(size, special_token_ids())
+    return trained_special(size).masking_vocab()
 
 
 def recipe(corpus: Corpus, cfg: PairsConfig, seed: int, word_start: np.ndarray | None = None) -> SampleRecipe:
-    return SampleRecipe(cfg, np.arange(corpus.num_documents), vocab(), seed, word_start)
+    return SampleRecipe(cfg, np.arange(corpus.num_documents), SPECIAL, seed, word_start)
 
 
 def random_corpus(num_docs: int, seed: int = 0) -> Corpus:

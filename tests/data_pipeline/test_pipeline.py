@@ -10,21 +10,13 @@ import pytest
 import sentencepiece as spm
 
 from bertscale.data_pipeline.run import run_pipeline
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    PAD_ID,
-    SEP_ID,
-    SPECIAL_TOKENS,
-    TOKENIZER_NAME,
-    load_manifest,
-    read_shard,
-)
+from bertscale.data_pipeline.schema import SPECIAL_TOKENS, TOKENIZER_NAME, load_manifest, read_shard
 
 
 def test_shards_decode_to_the_schema(tiny_shards: Path) -> None:
     manifest = load_manifest(tiny_shards)
+    special = manifest.special()
+    CLS_ID, SEP_ID, PAD_ID, MASK_ID = special.cls_id, special.sep_id, special.pad_id, special.mask_id
     masked = 0
     mask_ids = 0
     labels = []
@@ -33,7 +25,7 @@ def test_shards_decode_to_the_schema(tiny_shards: Path) -> None:
         assert paths, split
         keys = set()
         for path in paths:
-            samples = list(read_shard(path))  # decode_sample validates every sample
+            samples = list(read_shard(path, special=special))  # decode_sample validates every sample
             assert len(samples) == manifest.splits[split].samples_per_shard == 8
             for s in samples:
                 assert s.key not in keys
@@ -46,7 +38,7 @@ def test_shards_decode_to_the_schema(tiny_shards: Path) -> None:
                 assert s.input_ids[0] == CLS_ID and s.token_type_ids[: sep + 1].max() == 0
                 assert s.token_type_ids[sep + 1 :].min() == 1
                 assert s.masked_positions.shape[0] == manifest.dupe_factor == 2
-                assert np.all(s.input_ids[s.masked_positions] >= NUM_SPECIAL_TOKENS)
+                assert not special.is_special[s.input_ids[s.masked_positions]].any()
                 masked += s.masked_positions.size
                 mask_ids += np.count_nonzero(s.masked_ids == MASK_ID)
                 labels.append(s.next_sentence_label)
@@ -62,6 +54,10 @@ def test_manifest_describes_the_output(tiny_shards: Path) -> None:
     sp = spm.SentencePieceProcessor(model_proto=model)
     assert tuple(sp.id_to_piece(i) for i in range(5)) == SPECIAL_TOKENS
     assert sp.get_piece_size() == manifest.vocab_size == 600
+    assert manifest.tokenizer_kind == "sentencepiece" and manifest.special_tokens == dict(
+        zip(SPECIAL_TOKENS, range(5), strict=True)
+    )
+    assert manifest.reserved_ids == [[0, 5]]
     assert manifest.inputs["documents"] == 7  # 4 wiki articles + 3 books
     read = manifest.inputs["sources"]  # documents read per input
     assert {Path(p).name: n for p, n in read.items() if p.endswith("tiny_wiki.xml")} == {"tiny_wiki.xml": 4}

@@ -11,10 +11,9 @@ import pytest
 from bertscale.data_pipeline import spill, stages
 from bertscale.data_pipeline.config import PairsConfig, TokenizerConfig
 from bertscale.data_pipeline.instances import Corpus, SampleRecipe
-from bertscale.data_pipeline.schema import masking_vocab, special_token_ids
 from bertscale.data_pipeline.shards import plan_shards, write_shard
 from bertscale.data_pipeline.stages import build_samples, encode_documents, encode_files, sample_blocks
-from bertscale.data_pipeline.tokenizer import processor, train_tokenizer, word_start_table
+from bertscale.data_pipeline.tokenizer import processor, special_tokens, train_tokenizer, word_start_table
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -131,7 +130,7 @@ def test_spilled_records_equal_in_memory_records(
     n = corpus.num_documents
     cfg = PairsConfig(max_seq_length=32, dupe_factor=2, max_predictions_per_seq=5)
     word_start = word_start_table(processor(model))
-    recipe = SampleRecipe(cfg, np.arange(n), masking_vocab(300, special_token_ids()), 7, word_start)
+    recipe = SampleRecipe(cfg, np.arange(n), special_tokens(processor(model)), 7, word_start)
     args = (corpus, 1, n - 1, recipe)
     monkeypatch.setattr(stages, "BUILD_BLOCK_TOKENS", 500)  # several blocks, so the file holds more than one
     assert len(list(sample_blocks(*args))) > 3

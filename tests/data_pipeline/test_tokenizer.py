@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bertscale.data_pipeline.config import TokenizerConfig
-from bertscale.data_pipeline.schema import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+from bertscale.data_pipeline.schema import SPECIAL_TOKENS
 from bertscale.data_pipeline.sources import clean_document, read_book
 from bertscale.data_pipeline.tokenizer import (
     load_tokenizer_model,
@@ -17,6 +17,7 @@ from bertscale.data_pipeline.tokenizer import (
 )
 from bertscale.errors import DataError
 
+NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 BOOK = Path(__file__).parents[1] / "assets" / "books" / "hamlet_act1.txt"
 
 

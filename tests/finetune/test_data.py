@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertscale.data_pipeline.schema import CLS_ID, PAD_ID, SEP_ID, UNK_ID
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.errors import DataError
 from bertscale.finetune.config import DatasetConfig
 from bertscale.finetune.data import (
@@ -28,11 +28,13 @@ from bertscale.finetune.readers import SentenceExample, TaggedExample
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "finetune"
 X = IGNORE_INDEX
+SPECIAL = trained_special(600)  # the fixture tokenizer's layout
+CLS_ID, PAD_ID, SEP_ID, UNK_ID = SPECIAL.cls_id, SPECIAL.pad_id, SPECIAL.sep_id, SPECIAL.unk_id
 
 
 def test_alignment_first_piece_labelled_rest_ignored():
     pieces = [[10], [11, 12, 13], [14, 15], []]  # the last word tokenises to nothing
-    ids, labels, cut = align_word_labels(pieces, [0, 1, 2, 0], max_seq_length=32)
+    ids, labels, cut = align_word_labels(pieces, [0, 1, 2, 0], max_seq_length=32, special=SPECIAL)
     assert ids == [CLS_ID, 10, 11, 12, 13, 14, 15, UNK_ID, SEP_ID]
     assert labels == [X, 0, 1, X, X, 2, X, 0, X]
     assert cut == 0
@@ -40,11 +42,11 @@ def test_alignment_first_piece_labelled_rest_ignored():
 
 def test_alignment_truncation_keeps_whole_budget_and_counts_cut_words():
     pieces = [[10], [11, 12, 13], [14, 15]]
-    ids, labels, cut = align_word_labels(pieces, [0, 1, 2], max_seq_length=4)
+    ids, labels, cut = align_word_labels(pieces, [0, 1, 2], max_seq_length=4, special=SPECIAL)
     assert ids == [CLS_ID, 10, 11, SEP_ID]  # the second word is cut to its first piece, still labelled
     assert labels == [X, 0, 1, X]
     assert cut == 1
-    ids, labels, cut = align_word_labels(pieces, [0, 1, 2], max_seq_length=3)
+    ids, labels, cut = align_word_labels(pieces, [0, 1, 2], max_seq_length=3, special=SPECIAL)
     assert ids == [CLS_ID, 10, SEP_ID] and labels == [X, 0, X] and cut == 2
 
 
@@ -53,14 +55,14 @@ def test_alignment_with_real_sentencepiece(tokenizer_path):
     words = ["Empire", "State", "Building", "extraordinarily", "."]
     pieces = sp.encode(words, out_type=int)
     assert any(len(p) > 1 for p in pieces), "the fixture should contain a multi-piece word"
-    ids, labels, _ = align_word_labels(pieces, [1, 2, 2, 0, 0], max_seq_length=64)
+    ids, labels, _ = align_word_labels(pieces, [1, 2, 2, 0, 0], max_seq_length=64, special=SPECIAL)
     assert ids == [CLS_ID, *(i for p in pieces for i in p), SEP_ID]
     scored = [i for i, label in enumerate(labels) if label != X]
     starts = np.cumsum([1] + [len(p) for p in pieces[:-1]]).tolist()
     assert scored == starts
     assert [labels[i] for i in scored] == [1, 2, 2, 0, 0]
     # every word piece list starts with a word-start piece, so the labelled token is the word's start
-    assert all(sp.id_to_piece(ids[i]).startswith("\u2581") for i in scored)
+    assert all(sp.processor.id_to_piece(ids[i]).startswith("\u2581") for i in scored)
 
 
 def test_encode_sentence_and_pair(tokenizer_path):
@@ -100,33 +102,33 @@ def test_label_list():
 
 
 def test_collate_pads_sentences_and_tokens():
-    batch = collate([Features([2, 7, 3], [0, 0, 0], 1), Features([2, 7, 8, 9, 3], [0, 0, 0, 1, 1], 0)])
+    batch = collate([Features([2, 7, 3], [0, 0, 0], 1), Features([2, 7, 8, 9, 3], [0, 0, 0, 1, 1], 0)], PAD_ID)
     assert batch["input_ids"].tolist() == [[2, 7, 3, PAD_ID, PAD_ID], [2, 7, 8, 9, 3]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]]
     assert batch["labels"].tolist() == [1, 0]
-    tokens = collate([Features([2, 7, 3], [0, 0, 0], [X, 4, X]), Features([2, 3], [0, 0], [X, X])])
+    tokens = collate([Features([2, 7, 3], [0, 0, 0], [X, 4, X]), Features([2, 3], [0, 0], [X, X])], PAD_ID)
     assert tokens["labels"].tolist() == [[X, 4, X], [X, X, X]]
     assert all(t.dtype == torch.long for t in tokens.values())
 
 
 def test_train_batches_shard_global_batches_across_ranks():
     features = [Features([2, i + 10, 3], [0, 0, 0], i) for i in range(10)]
-    single = train_batches(features, micro_batch_size=4, seed=0)
+    single = train_batches(features, micro_batch_size=4, seed=0, pad_id=PAD_ID)
     epoch = [next(single)["labels"].tolist() for _ in range(2)]  # 10 // 4 = 2 batches, tail dropped
     assert len({x for b in epoch for x in b}) == 8
-    ranks = [train_batches(features, micro_batch_size=2, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [train_batches(features, micro_batch_size=2, seed=0, pad_id=PAD_ID, rank=r, world_size=2) for r in (0, 1)]
     for step in range(2):  # together the ranks see exactly the single-process global batch
         r0, r1 = (next(it)["labels"].tolist() for it in ranks)
         assert len(r0) == len(r1) == 2
         assert sorted(r0 + r1) == sorted(epoch[step])
     with pytest.raises(DataError, match="cannot fill one batch"):
-        next(train_batches(features[:3], micro_batch_size=4, seed=0))
+        next(train_batches(features[:3], micro_batch_size=4, seed=0, pad_id=PAD_ID))
 
 
 def test_eval_batches_cover_everything_in_order():
     features = [Features([2, 3], [0, 0], i) for i in range(5)]
-    assert [b["labels"].tolist() for b in eval_batches(features, 2)] == [[0, 1], [2, 3], [4]]
+    assert [b["labels"].tolist() for b in eval_batches(features, 2, PAD_ID)] == [[0, 1], [2, 3], [4]]
 
 
 def test_load_task_data_builtin_filters_labels_and_splits(tokenizer_path):

@@ -42,11 +42,11 @@ def test_evaluate_sequence_head_matches_manual_argmax():
     torch.manual_seed(0)
     model = BertForSequenceClassification(TINY, num_labels=2)
     features = [Features([2, 5 + i, 6 + i % 3, 3], [0, 0, 0, 0], i % 2) for i in range(9)]
-    m = evaluate(model, eval_batches(features, 4), ["neg", "pos"])
+    m = evaluate(model, eval_batches(features, 4, 0), ["neg", "pos"])
     assert model.training, "evaluate() must restore train mode"
     model.eval()
     with torch.no_grad():
-        batch = next(eval_batches(features, 9))
+        batch = next(eval_batches(features, 9, 0))
         out = model(**batch)
     assert m["accuracy"] == pytest.approx((out.logits.argmax(-1) == batch["labels"]).float().mean().item())
     assert m["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
@@ -59,6 +59,6 @@ def test_evaluate_token_head_scores_first_subtokens_only():
         Features([2, 7, 8, 9, 3], [0] * 5, [-100, 1, -100, 0, -100]),
         Features([2, 10, 3], [0] * 3, [-100, 2, -100]),
     ]
-    m = evaluate(model, eval_batches(features, 2), ["O", "B-PER", "I-PER"])
+    m = evaluate(model, eval_batches(features, 2, 0), ["O", "B-PER", "I-PER"])
     assert set(m) == {"loss", "precision", "recall", "f1", "token_accuracy"}
     assert 0.0 <= m["f1"] <= 1.0 and m["token_accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)

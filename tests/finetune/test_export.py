@@ -141,17 +141,18 @@ def test_import_bare_bert_model_as_encoder(tmp_path, pooler):
         load_hf_model(tmp_path / "hf", BertForPreTraining)
 
 
-def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
+def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys, tokenizer_path):
     ours = ours_random(seed=3)
     step = save_pretrained_dir(
         ours.config, ours.state_dict(), tmp_path / "run" / "checkpoints" / "step_00000005"
     )
-    (step / "tokenizer.model").write_bytes(b"sentencepiece bytes")
+    (step / "tokenizer.model").write_bytes(tokenizer_path.read_bytes())
     (step.parent / "latest").write_text(step.name + "\n")
 
     main(["--to-hf", str(tmp_path / "run"), str(tmp_path / "hf")])  # a run dir resolves to its latest step
     assert "transformers BertForPreTraining" in capsys.readouterr().out
-    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tokenizer_path.read_bytes()
+    assert (tmp_path / "hf" / "tokenizer.json").is_file() and (tmp_path / "hf" / "README.md").is_file()
     assert_same_outputs(ours, transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval())
 
     main(["--from-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
@@ -161,7 +162,7 @@ def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys):
     assert set(state) == set(ours.state_dict())
     for key, value in ours.state_dict().items():
         assert torch.equal(state[key], value), key
-    assert (tmp_path / "back" / "tokenizer.model").is_file()
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == tokenizer_path.read_bytes()
 
 
 def test_read_hf_checkpoint_renames_legacy_keys(tmp_path):

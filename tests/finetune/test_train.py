@@ -113,7 +113,7 @@ def test_cli_sentence_classification_tracks_metrics_curves_and_saves_model(tiny_
     data = load_task_data(
         cfg.dataset, load_tokenizer(out / "model" / "tokenizer.model"), cfg.max_seq_length, cfg.seed
     )
-    again = evaluate(model, eval_batches(data.splits["test"], 16), data.labels)
+    again = evaluate(model, eval_batches(data.splits["test"], 16, 0), data.labels)
     assert again["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
     assert again["loss"] == pytest.approx(results["test_loss"], rel=1e-4)
 

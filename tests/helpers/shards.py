@@ -10,11 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bertscale.data_pipeline.schema import (
-    CLS_ID,
     MANIFEST_NAME,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
     TOKENIZER_NAME,
     Manifest,
     Sample,
@@ -23,8 +19,11 @@ from bertscale.data_pipeline.schema import (
     encode_sample,
     shard_name,
 )
+from bertscale.data_pipeline.tokenizer import trained_special
 
 VOCAB_SIZE = 96
+SPECIAL = trained_special(VOCAB_SIZE)  # the manifest records the trained SentencePiece layout (ids 0-4)
+CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id, 5
 
 
 def make_sample(rng: np.random.Generator, key: str, max_len: int = 32, dupe: int = 2) -> Sample:

@@ -14,18 +14,8 @@ import pytest
 import torch
 
 import bertscale.pretrain.data as data
-from bertscale.data_pipeline.schema import (
-    CLS_ID,
-    MASK_ID,
-    NUM_SPECIAL_TOKENS,
-    SEP_ID,
-    encode_sample,
-    load_manifest,
-    load_shard,
-    masking_vocab,
-    read_shard,
-    special_token_ids,
-)
+from bertscale.data_pipeline.schema import encode_sample, load_manifest, load_shard, read_shard
+from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.errors import DataError
 from bertscale.pretrain.data import (
     IGNORE_INDEX,
@@ -37,6 +27,8 @@ from bertscale.pretrain.data import (
 )
 
 VOCAB_SIZE = 96  # of the synthetic shards (conftest)
+SPECIAL = trained_special(VOCAB_SIZE)  # the synthetic shards' layout (conftest)
+CLS_ID, SEP_ID, MASK_ID, NUM_SPECIAL_TOKENS = SPECIAL.cls_id, SPECIAL.sep_id, SPECIAL.mask_id, 5
 
 
 def take(reader: PretrainBatches, n: int) -> list[dict[str, torch.Tensor]]:
@@ -127,7 +119,7 @@ def test_resume_opens_only_the_shards_it_needs(tmp_path, monkeypatch, write_shar
 
 
 def test_sample_log_records_step_micro_batch_and_ids(synthetic_shards, tmp_path):
-    log = tmp_path / "samples.jsonl"
+    log = tmp_path / "run" / "samples.jsonl"  # a rank may write before rank 0 made the run dir
     reader = PretrainBatches(
         synthetic_shards, "train", micro_batch_size=4, world_size=2, rank=1, sample_log=log
     )
@@ -264,7 +256,7 @@ def test_static_masking_uses_one_draw_per_epoch(make_sample):
 def test_batch_masking_statistics(make_sample):
     """15% of non-special tokens are chosen; of those 80% [MASK], 10% random, 10% unchanged."""
     rng = np.random.default_rng(0)
-    vocab = masking_vocab(VOCAB_SIZE, special_token_ids())
+    vocab = trained_special(VOCAB_SIZE).masking_vocab()
     chosen = total = masked = randomised = kept = 0
     for b in range(150):
         samples = [make_sample(rng, f"s{b}_{i}", max_len=64) for i in range(20)]

