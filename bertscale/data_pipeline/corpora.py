@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from bertscale.data_pipeline.sources import RawDocument, expand_inputs, resolve_path
+from bertscale.data_pipeline.sources import RawDocument, decode_text, expand_inputs, resolve_path
 from bertscale.errors import DataError
 
 COMPRESSED = (".gz", ".bz2", ".zst")
@@ -123,12 +123,7 @@ def read_text_file(path: str) -> RawDocument:
             raw = f.read()
     except (OSError, EOFError, ValueError) as err:
         raise DataError(f"unreadable ({type(err).__name__}: {err})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 (invalid byte at offset {err.start})") from None
-    if not text.strip():
-        raise DataError("empty file")
+    text = decode_text(raw)
     name = Path(path).name
     for suffix in COMPRESSED:
         name = name.removesuffix(suffix)

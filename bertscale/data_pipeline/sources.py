@@ -122,7 +122,11 @@ def parse_wiki_pages(f: BinaryIO, source: str) -> Iterator[RawDocument]:
 
 
 def _read_text(path: str) -> str:
-    raw = Path(path).read_bytes()
+    return decode_text(Path(path).read_bytes())
+
+
+def decode_text(raw: bytes) -> str:
+    """A text file's bytes as text; binary, non-UTF-8 or empty content is a DataError."""
     nul = raw.find(b"\x00")
     if nul >= 0:  # UTF-8 text never holds NUL: an image, an archive, a zero-filled file
         raise DataError(f"binary content, not text (NUL byte at offset {nul})")

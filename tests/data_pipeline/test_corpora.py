@@ -91,9 +91,12 @@ def test_text_directories_are_walked_and_files_decompressed(tmp_path: Path) -> N
     assert missing == [{"path": str(tmp_path / "nowhere"), "reason": "not found"}]
     docs = [read_text_file(f) for f in files]
     assert [d.text for d in docs] == TEXTS and [d.title for d in docs] == ["a", "b", "c"]
-    (root / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
+    (root / "bad.txt").write_bytes(b"\xff\xfebad")
     with pytest.raises(DataError, match="not UTF-8"):
         read_text_file(str(root / "bad.txt"))
+    (root / "zeros.txt").write_bytes(b"\x00" * 64)  # binary content is refused as books are
+    with pytest.raises(DataError, match="binary content"):
+        read_text_file(str(root / "zeros.txt"))
 
 
 @pytest.mark.slow
