@@ -73,5 +73,5 @@ def test_a_model_dir_round_trips_with_its_tokenizer_files(tmp_path):
     assert saved.tokenizer.path.read_bytes() == b"sentencepiece bytes"
     assert "cls.predictions.decoder.weight" not in saved.state_dict  # tied: written once
     assert load_pretrained(out).tokenizer == saved.tokenizer
-    with pytest.raises(CheckpointError, match=r"vocab\.txt: not a tokenizer file"):
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: not a tokenizer this project reads"):
         Tokenizer.from_path(tmp_path / "vocab.txt")
