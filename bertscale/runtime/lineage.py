@@ -31,7 +31,7 @@ from typing import Any
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from bertscale.data_pipeline.schema import MANIFEST_NAME, load_manifest
 from bertscale.runtime.tracking import RUN_NOTE
@@ -44,9 +44,12 @@ DIGEST_CHARS = 32  # MLflow caps a dataset digest at 36 characters; the full has
 def run_tags(description: str, *, world_size: int = 1, hosts: Iterable[str] = ()) -> dict[str, str]:
     tags = _mlflow_context_tags()
     tags |= {f"bertscale.version.{name}": version for name, version in _versions().items()}
-    dirty = _git_dirty()
+    commit = _git("rev-parse", "HEAD")
+    if commit:  # MLflow's context caches the first run's entry point per process; ours names bertscale's code
+        tags[MLFLOW_GIT_COMMIT] = commit
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     if dirty is not None:
-        tags["bertscale.git.dirty"] = str(dirty).lower()
+        tags["bertscale.git.dirty"] = str(bool(dirty)).lower()
     tags |= {
         "bertscale.command": _command_line(sys.argv),
         "bertscale.world_size": str(world_size),
@@ -75,19 +78,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _git_dirty() -> bool | None:
-    """Uncommitted changes in the repository bertscale is imported from (None: not a git checkout)."""
+def _git(*args: str) -> str | None:
+    """A git command's output in the repository bertscale is imported from (None: not a git checkout)."""
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _command_line(argv: list[str]) -> str:
