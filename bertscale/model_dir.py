@@ -253,8 +253,12 @@ def read_config(directory: Path, given: Path | None = None, name: str = CONFIG) 
         raise CheckpointError(f"{given or directory}: no {name} beside the weights")
     try:
         hf = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise CheckpointError(f"{config_file}: unreadable ({err})") from None
+    except ValueError as err:
+        raise CheckpointError(f"{config_file}: not valid JSON ({err})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object")
     return BertConfig.from_hf_dict(hf, source=str(config_file))
 
 
@@ -318,17 +322,7 @@ def read_hf_checkpoint(hf_dir: str | Path) -> tuple[BertConfig, StateDict]:
     root = Path(hf_dir)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a transformers checkpoint directory)")
-    config_path = root / HF_CONFIG
-    if not config_path.is_file():
-        raise CheckpointError(f"{root}: no {HF_CONFIG}")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    if not isinstance(hf_config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
-    config = BertConfig.from_hf_dict(hf_config, source=str(config_path))
-    return config, _normalise_keys(_read_weights(root))
+    return read_config(root, name=HF_CONFIG), _normalise_keys(_read_weights(root))
 
 
 def _read_weights(root: Path) -> StateDict:
