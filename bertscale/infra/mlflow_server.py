@@ -29,9 +29,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bertscale.errors import BertscaleError, ConfigError, run_cli
+from bertscale.ports import LOOPBACK
 from bertscale.secrets import redact, redact_uri
-
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass

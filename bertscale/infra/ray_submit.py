@@ -24,7 +24,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,7 @@ from pathlib import Path
 import psutil
 
 from bertscale.errors import BertscaleError, ConfigError, run_cli
-
-LOOPBACK = "127.0.0.1"
+from bertscale.ports import LOOPBACK, free_port
 
 
 @dataclass
@@ -71,12 +69,6 @@ def use_token_auth(token_file: Path | None = None, require: bool = True) -> None
         raise ConfigError(
             "no Ray auth token: set RAY_AUTH_TOKEN, pass --token-file, or run `ray get-auth-token --generate`"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def _ray_executable() -> str:

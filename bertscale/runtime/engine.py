@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 
 from bertscale.errors import ConfigError
+from bertscale.ports import free_port
 from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
 from bertscale.runtime.optim import build_optimizer, build_scheduler
 
@@ -37,12 +37,6 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(timeout_s: float = 0) -> DistInfo:
@@ -57,7 +51,7 @@ def init_distributed(timeout_s: float = 0) -> DistInfo:
         ("MASTER_ADDR", "127.0.0.1"),
     ):
         os.environ.setdefault(key, default)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from bertscale.infra.ray_submit import free_port
+from bertscale.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"

@@ -20,7 +20,7 @@ from bertscale.infra.mlflow_server import (
     server_command,
     sqlite_uri,
 )
-from bertscale.infra.ray_submit import free_port
+from bertscale.ports import free_port
 
 REPO = Path(__file__).parents[2]
 
