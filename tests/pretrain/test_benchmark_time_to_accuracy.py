@@ -88,6 +88,11 @@ def test_checks_accept_what_is_measurable():
         tta.check_reached_warmup("ours", points, 30, 100)
 
 
+def test_accuracy_resolution_is_two_standard_errors():
+    assert tta.resolution(0.05, 32695) == pytest.approx(2 * (0.05 * 0.95 / 32695) ** 0.5)
+    assert tta.resolution(0.5, 100) == pytest.approx(0.1)
+
+
 def test_clock_interpolates_between_samples():
     run = cpu_budget.BudgetRun(0, False, 0.0, 0.0, times=[100.0, 101.0, 103.0], clock=[0.0, 2.0, 4.0])
     assert run.clock_at(99.0) == 0.0
