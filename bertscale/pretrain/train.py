@@ -326,6 +326,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
         max_position_embeddings=bert_config.max_position_embeddings,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
         start_step=state.step,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
         sample_log=output_dir / f"sample_ids.rank{dist.rank}.jsonl" if cfg.debug.log_sample_ids else None,
@@ -340,6 +341,8 @@ def main(cfg: PretrainConfig) -> TrainState:
             rank=dist.rank,
             world_size=dist.world_size,
             max_batches=cfg.eval.max_batches,
+            pad_to_multiple_of=cfg.data.pad_to_multiple_of,
+            max_position_embeddings=bert_config.max_position_embeddings,
         )
         if cfg.data.eval_split in manifest.splits
         else []
