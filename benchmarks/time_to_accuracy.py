@@ -47,11 +47,10 @@ from bertscale.ports import free_port
 from bertscale.pretrain.config import PretrainConfig, load_pretrain_config
 from bertscale.pretrain.data import eval_batches
 from bertscale.pretrain.train import evaluate, majority_baselines
-from bertscale.runtime.tracking import peak_flops_per_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 from cpu_budget import BudgetRun, run_under_budget
-from train import matmul_flops
+from train import check_device, datasheet_peak, matmul_flops
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,14 +69,6 @@ class Point:
 
 
 # --- checks (one line each, before any work) ---------------------------------------------------
-
-
-def check_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to torch on this machine (use --device cpu)")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: expected cpu or cuda")
-    return torch.device(device)
 
 
 def count_masked(batches: list[dict[str, torch.Tensor]]) -> int:
@@ -261,9 +252,9 @@ def steady_seconds_per_step(points: list[Point]) -> float | None:
 def machine_peak(device: torch.device) -> tuple[float, str]:
     """Per clock second: one core's fp32 matmul rate (the clock is CPU-s) or one GPU's bf16 peak."""
     if device.type == "cuda":
-        datasheet = peak_flops_per_device(None)
+        datasheet, what = datasheet_peak(device, "bf16", None)
         if datasheet:
-            return datasheet, "the GPU's bf16 datasheet peak"
+            return datasheet, what
         return matmul_flops(device, torch.bfloat16, 8192), "the GPU's measured bf16 matmul rate"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
