@@ -109,17 +109,16 @@ def check_reached_warmup(side: str, points: list[Point], warmup_steps: int, budg
 # --- the two runs ------------------------------------------------------------------------------
 
 
-def ours_command(args: argparse.Namespace, out: Path, ranks: int, overrides: Sequence[str]) -> list[str]:
+def ours_command(args: argparse.Namespace, out: Path, config: Path, ranks: int) -> list[str]:
+    """The real job on the resolved config both sides read; the overrides here only place the run."""
     fixed = [
-        f"data.shards={args.shards}", f"output_dir={out}", "checkpoint.resume=never",
-        f"checkpoint.save_every={args.save_every}", "checkpoint.keep_last=0",
-        "mlflow.enabled=false", "data.eval_split=none",  # evaluation happens afterwards, off the clock
+        f"output_dir={out}", "checkpoint.resume=never", f"checkpoint.save_every={args.save_every}",
+        "checkpoint.keep_last=0", "mlflow.enabled=false",
+        "data.eval_split=none",  # evaluation happens afterwards, off the clock
     ]  # fmt: skip
-    if args.device == "cuda":
-        fixed.append("engine.precision=bf16")
     return [
         str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", str(free_port()),
-        "--module", "bertscale.pretrain", "--config", str(args.config), *fixed, *overrides,
+        "--module", "bertscale.pretrain", "--config", str(config), *fixed,
     ]  # fmt: skip
 
 
@@ -337,7 +336,8 @@ def main(argv: Sequence[str]) -> None:
     device = check_device(args.device)
     ranks = args.ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
     unit = "GPU-seconds (wall x GPUs)" if device.type == "cuda" else "CPU-seconds (all processes)"
-    cfg = load_pretrain_config(args.config, [f"data.shards={args.shards}", *overrides])
+    defaults = [f"data.shards={args.shards}"] + (["engine.precision=bf16"] if device.type == "cuda" else [])
+    cfg = load_pretrain_config(args.config, [*defaults, *overrides])
     manifest = load_manifest(args.shards)
     bert = cfg.model.resolve(manifest.vocab_size)
     validation = eval_batches(
@@ -376,7 +376,7 @@ def main(argv: Sequence[str]) -> None:
     runs, curves = {}, {}
     for side in ("transformers", "ours"):
         cmd = (
-            ours_command(args, out / side, ranks, overrides) if side == "ours"
+            ours_command(args, out / side, config, ranks) if side == "ours"
             else baseline_command(args, out / side, config, ranks)
         )  # fmt: skip
         runs[side], points = run_side(side, cmd, out / side, args, ranks)
