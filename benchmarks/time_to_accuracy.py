@@ -379,12 +379,12 @@ def main(argv: Sequence[str]) -> None:
             ours_command(args, out / side, config, ranks) if side == "ours"
             else baseline_command(args, out / side, config, ranks)
         )  # fmt: skip
-        runs[side], points = run_side(side, cmd, out / side, args, ranks)
-        check_reached_warmup(side, points, cfg.schedule.warmup_steps, args.budget_cpu_s)
+        runs[side], curves[side] = run_side(side, cmd, out / side, args, ranks)
+        check_reached_warmup(side, curves[side], cfg.schedule.warmup_steps, args.budget_cpu_s)
+    print(load_line("end of training"), flush=True)
+    for points in curves.values():  # scored after both runs: the evaluator never competes with a run
         for p in nearest(points, args.budget_cpu_s, args.points):
             score(p, validation, device)
-        curves[side] = points
-    print(load_line("end of training"), flush=True)
 
     target = curves["transformers"][-1]
     hit = first_reaching(curves["ours"], target.mlm_accuracy, validation, device)
