@@ -27,6 +27,7 @@ from bertscale.errors import ConfigError
 from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained, save_model_dir
 from bertscale.pretrain.checkpoint import (
+    check_parameter_names,
     find_resume,
     load_checkpoint,
     needs_universal,
@@ -301,6 +302,7 @@ def main(cfg: PretrainConfig) -> TrainState:
 
     state = TrainState()
     if resume is not None and saved is not None:
+        check_parameter_names(engine, resume)
         if universal:  # another world size or ZeRO stage: the ZeRO partitions are cut afresh
             converted = universal_checkpoint(resume, output_dir / "universal")
             load_checkpoint(engine, resume, converted)
