@@ -48,10 +48,12 @@ def _error_line(capsys, argv: list[str]) -> str:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
 def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
-    line = _error_line(
-        capsys, ["--device", "cuda", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
-    )
-    assert "--device cuda" in line and "no CUDA GPU" in line
+    argv = ["--device", "cuda", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as stopped:  # benchmarks/train.py's check: one line, exit 2
+        tta.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --device cuda: not available on this machine"), err
     assert not (tmp_path / "o").exists()
 
 
@@ -86,6 +88,11 @@ def test_checks_accept_what_is_measurable():
     tta.check_reached_warmup("ours", points, 20, 100)
     with pytest.raises(ConfigError, match="ended ours's run at step 20, before the 30 warmup steps"):
         tta.check_reached_warmup("ours", points, 30, 100)
+
+
+def test_accuracy_resolution_is_two_standard_errors():
+    assert tta.resolution(0.05, 32695) == pytest.approx(2 * (0.05 * 0.95 / 32695) ** 0.5)
+    assert tta.resolution(0.5, 100) == pytest.approx(0.1)
 
 
 def test_clock_interpolates_between_samples():
