@@ -6,16 +6,22 @@ M masked positions, V vocabulary, nh heads, hd head size.
 
 Three things make training fast without changing a single state_dict key:
 - unpadding: when a batch has padding, every position-wise op (embeddings, LayerNorms, dense
-  layers, FFN) runs on the N real tokens only, as an (N, H) matrix; tokens are scattered back to
-  (B, T) only around attention, which runs as ``scaled_dot_product_attention`` with a padding mask;
+  layers, FFN) runs on the N real tokens only, as an (N, H) matrix. Attention runs on them too,
+  as FlashAttention over variable-length sequences (``varlen_attention``) on a CUDA GPU in
+  bf16/fp16; elsewhere tokens are scattered back to (B, T) around attention, which runs as
+  ``scaled_dot_product_attention`` with a padding mask. The indices (``UnpadIndices``) come from
+  the data loader, computed on the host, so a training step reads nothing back from the GPU;
 - the MLM head (H x V decoder, the largest matmul of a small BERT) runs only at masked positions;
-- query/key/value run as one matmul on weights concatenated at forward time.
+- query/key/value are one stacked (3H, H) parameter and one matmul; state dicts still hold
+  HuggingFace's separate query/key/value (hooks split on save and fuse on load, ``hf_state_dict``
+  for dicts in parameter names such as DeepSpeed's ZeRO files).
 ``config.unpad=False`` keeps the plain padded path; the tests assert both give the same outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -134,18 +140,70 @@ HF_FIELDS = tuple(
 
 
 @dataclass
-class Padding:
-    """Where the real tokens of a padded (B, T) batch are, to move between (B, T, ...) and (N, ...)."""
+class UnpadIndices:
+    """Where the real tokens of a padded (B, T) batch are, and which of them the outputs read.
 
-    indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B*T) grid
+    Built once per batch by :meth:`build`: on the host by the pretraining collate
+    (``bertscale.pretrain.data.collate``, batch key ``unpad_indices``), so that a training step on a
+    GPU never waits for the device to answer a question about the batch; or by the model itself when
+    it is called HF-style with only an ``attention_mask`` (that path syncs, as HuggingFace's does).
+    """
+
+    indices: torch.Tensor  # (N,) int64 positions of the real tokens in the flattened (B*T) grid, ascending
+    cu_seqlens: torch.Tensor  # (B+1,) int32: row b's tokens are indices[cu_seqlens[b]:cu_seqlens[b+1]]
+    max_seqlen: int  # longest row, in real tokens
     batch_size: int
     seq_len: int
+    has_padding: bool  # False: every position is real (no mask is needed)
+    # with an output_mask (e.g. the masked-LM positions): the rows the last layer and the heads read
+    output_rows: torch.Tensor | None = None  # (K',) rows in (N, ...) of output_mask tokens + first tokens
+    masked_rows: torch.Tensor | None = None  # (K,) places in output_rows of the output_mask tokens
+    first_rows: torch.Tensor | None = None  # (B,) places in output_rows of each row's first token ([CLS])
+    masked_positions: torch.Tensor | None = None  # (K,) flat (B*T) positions of the output_mask tokens
 
     @classmethod
-    def from_mask(cls, attention_mask: torch.Tensor) -> Padding:
+    def build(cls, attention_mask: torch.Tensor, output_mask: torch.Tensor | None = None) -> UnpadIndices:
+        """From a (B, T) attention mask (1 = real) and an optional (B, T) bool mask of wanted outputs.
+
+        Reads values (nonzero, max, any): cheap on CPU tensors, a host sync on a GPU.
+        """
         B, T = attention_mask.shape
-        indices = torch.nonzero(attention_mask.flatten(), as_tuple=True)[0]
-        return cls(indices, B, T)
+        real = attention_mask.bool().flatten()  # (B*T,)
+        indices = torch.nonzero(real, as_tuple=True)[0]
+        lengths = real.view(B, T).sum(1, dtype=torch.int32)
+        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        out = cls(indices, cu_seqlens, int(lengths.max()) if B else 0, B, T, len(indices) < B * T)
+        if output_mask is None:
+            return out
+        keep = output_mask.flatten().clone()
+        keep[::T] = True  # the first token of each row feeds the pooler
+        if bool((keep & ~real).any()):
+            raise ValueError("output positions must be real tokens (attention_mask 1), not padding")
+        positions = torch.nonzero(keep, as_tuple=True)[0]  # (K',) flat (b, t) order
+        out.output_rows = (real.cumsum(0) - 1)[positions]  # a real token's row = real tokens before it
+        out.masked_rows = torch.nonzero(output_mask.flatten()[positions], as_tuple=True)[0]
+        out.first_rows = torch.nonzero(positions % T == 0, as_tuple=True)[0]
+        out.masked_positions = positions[out.masked_rows]
+        return out
+
+    def without_outputs(self) -> UnpadIndices:
+        none = dict.fromkeys(("output_rows", "masked_rows", "first_rows", "masked_positions"))
+        return dataclasses.replace(self, **none)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> UnpadIndices:
+        tensors = {
+            f.name: fn(value)
+            for f in dataclasses.fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **tensors)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> UnpadIndices:
+        """As ``Tensor.to``: the training loops move batches with ``v.to(device)`` for every key."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> UnpadIndices:  # DataLoader(pin_memory=True) calls it
+        return self._map(torch.Tensor.pin_memory)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1).index_select(0, self.indices)  # (B, T, ...) -> (N, ...)
@@ -154,15 +212,6 @@ class Padding:
         grid = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
         grid = grid.index_copy(0, self.indices, x)  # out of place, so autograd flows back to x
         return grid.view(self.batch_size, self.seq_len, *x.shape[1:])  # (N, ...) -> (B, T, ...), 0 at pads
-
-    def rows(self, positions: torch.Tensor) -> torch.Tensor:
-        """Rows in (N, ...) of flattened (B*T) ``positions``, which must be real tokens."""
-        rows = torch.searchsorted(self.indices, positions)  # indices are sorted
-        if rows.numel() and (
-            rows.max() >= len(self.indices) or not torch.equal(self.indices[rows], positions)
-        ):
-            raise ValueError("output positions must be real tokens (attention_mask 1), not padding")
-        return rows
 
 
 # --- modules ---------------------------------------------------------------------------------
@@ -193,28 +242,124 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        # query, key and value stacked (3H, H): one matmul, no per-forward concatenation. State dicts
+        # still hold HuggingFace's query/key/value (the hooks below split and fuse them).
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.register_state_dict_post_hook(_split_qkv_hook)
+        self.register_load_state_dict_pre_hook(_fuse_qkv_hook)
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: Padding | None
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, padding: UnpadIndices | None
     ) -> torch.Tensor:
         # hidden_states: (B, T, H), or (N, H) when unpadded
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(hidden_states, weight, bias)  # (..., 3H): one matmul instead of three
+        qkv = self.qkv(hidden_states)  # (..., 3H)
+        dropout_p = self.dropout.p if self.training else 0.0
+        if padding is not None and varlen_attention_supported(qkv, self.attention_head_size):
+            # each sequence's real tokens attend to each other: no padding, no mask (which would rule
+            # out FlashAttention), no scatter to (B, T) and back
+            q, k, v = qkv.view(-1, 3, self.num_attention_heads, self.attention_head_size).unbind(1)  # (N, nh, hd)
+            context = varlen_attention(q, k, v, padding.cu_seqlens, padding.max_seqlen, dropout_p)
+            return context.flatten(1)  # (N, H)
         if padding is not None:
             qkv = padding.pad(qkv)  # (B, T, 3H)
         B, T, _ = qkv.shape
         q, k, v = qkv.view(B, T, 3, self.num_attention_heads, self.attention_head_size).permute(2, 0, 3, 1, 4)
-        dropout_p = self.dropout.p if self.training else 0.0
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p
         )  # (B, nh, T, hd)
         context = context.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
         return padding.unpad(context) if padding is not None else context
+
+
+@functools.cache
+def _flash_capable(device_index: int | None) -> bool:
+    return torch.backends.cuda.is_flash_attention_available() and torch.cuda.get_device_capability(
+        device_index
+    ) >= (8, 0)  # FlashAttention 2 needs Ampere or later
+
+
+def varlen_attention_supported(x: torch.Tensor, head_size: int) -> bool:
+    """Whether :func:`varlen_attention` runs on ``x``'s device and dtype: FlashAttention on a CUDA
+    GPU of compute capability >= 8.0, bf16/fp16, head size a multiple of 8 up to 256, and not turned
+    off (``torch.backends.cuda.enable_flash_sdp(False)`` or an ``sdpa_kernel`` without FLASH).
+    Elsewhere (CPU, fp32) attention runs as SDPA over the padded batch. Reads no tensor values."""
+    return (
+        x.is_cuda
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and head_size % 8 == 0
+        and head_size <= 256
+        and torch.backends.cuda.flash_sdp_enabled()
+        and _flash_capable(x.device.index)
+    )
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float
+) -> torch.Tensor:
+    """Bidirectional attention within each packed sequence: q, k, v (N, nh, hd) -> (N, nh, hd).
+
+    Sequence b is rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, on the device). This is the kernel
+    behind ``torch.nn.attention.varlen.varlen_attn`` (torch 2.13), called directly because that
+    wrapper fixes dropout at 0 and BERT trains with attention dropout; the op has its own backward.
+    """
+    out, *_ = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
+    )  # (output, logsumexp, rng_state, unused, debug mask); is_causal False, no debug mask
+    return out
+
+
+QKV = ("query", "key", "value")  # HuggingFace's modules, in the order qkv stacks them
+
+
+def _split_qkv(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """HuggingFace's ``{prefix}query.weight`` ... ``{prefix}value.bias`` of a stacked (3H, H) qkv.
+
+    ``tensor_split``: a ZeRO-3 partitioned parameter is an empty placeholder, split into three empties.
+    """
+    parts = {"weight": weight.tensor_split(3), "bias": bias.tensor_split(3) if bias is not None else ()}
+    return {
+        f"{prefix}{name}.{kind}": chunks[i] if isinstance(weight, nn.Parameter) else chunks[i].clone()
+        for i, name in enumerate(QKV)
+        for kind, chunks in parts.items()
+        if chunks  # a clone: safetensors refuses tensors that share memory
+    }
+
+
+def hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` in HuggingFace's keys, key order kept: ``*.qkv.weight/bias`` (our parameter names,
+    as ``named_parameters`` and DeepSpeed's ZeRO files give them) become query/key/value; other keys
+    (already HuggingFace's) pass unchanged. ``Module.state_dict()`` needs none of this (its hook does it)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("qkv.weight"):
+            prefix = key.removesuffix("qkv.weight")
+            out.update(_split_qkv(prefix, value, state_dict.get(f"{prefix}qkv.bias")))
+        elif not key.endswith("qkv.bias"):
+            out[key] = value
+    return out
+
+
+def _split_qkv_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    # qkv's two keys are the last ones this module added (dropout has none): popping and appending
+    # keeps HuggingFace's key order
+    weight = state_dict.pop(f"{prefix}qkv.weight")
+    bias = state_dict.pop(f"{prefix}qkv.bias", None)
+    state_dict.update(_split_qkv(prefix, weight, bias))
+
+
+def _fuse_qkv_hook(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+    missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+) -> None:  # fmt: skip
+    """HuggingFace's (and our checkpoints') query/key/value -> the stacked qkv, before loading."""
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{kind}" for name in QKV]
+        present = [key for key in keys if key in state_dict]
+        if len(present) == len(keys):
+            state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
+        elif present:  # a partial set would load as nothing under strict=False: refuse it
+            error_msgs.append(f"{prefix}: {', '.join(present)} without the rest of query/key/value.{kind}")
 
 
 class BertSelfOutput(nn.Module):
@@ -239,7 +384,7 @@ class BertAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        padding: Padding | None,
+        padding: UnpadIndices | None,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         context = self.self(hidden_states, attn_mask, padding)  # every token is a key and a value
@@ -283,7 +428,7 @@ class BertLayer(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        padding: Padding | None,
+        padding: UnpadIndices | None,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attention_output = self.attention(hidden_states, attn_mask, padding, rows)  # (K, H) if rows
@@ -300,7 +445,7 @@ class BertEncoder(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        padding: Padding | None,
+        padding: UnpadIndices | None,
         last_layer_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``last_layer_rows``: flat rows of ``hidden_states`` whose output is wanted; the last layer's
@@ -420,6 +565,7 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_mask: torch.Tensor | None = None,
+        unpad_indices: UnpadIndices | None = None,
     ) -> BertModelOutput:
         """``last_hidden_state`` (B, T, H) and ``pooler_output`` (B, H).
 
@@ -428,25 +574,33 @@ class BertModel(nn.Module):
         ``output_mask`` (B, T) bool: ``masked_hidden_state`` = last_hidden_state[output_mask] (K, H)
         instead of last_hidden_state, computed cheaply: the last layer runs its output projection
         and FFN only at those positions and [CLS].
+        ``unpad_indices``: :class:`UnpadIndices` of this batch, built on the host (the pretraining
+        collate does); the model then reads nothing back from the device. It replaces
+        ``output_mask``: its output rows, if it has them, select the outputs.
         """
         B, T = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        if unpad_indices is None:  # HF-style call: find the real tokens here (reads the mask back)
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            unpad_indices = UnpadIndices.build(mask, output_mask)
+        elif attention_mask is None:
+            raise ValueError("unpad_indices needs the attention_mask it was built from")
 
         attn_mask = padding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if unpad_indices.has_padding:
             attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
             if self.config.unpad:
-                padding = Padding.from_mask(attention_mask)
+                padding = unpad_indices
         if padding is not None:  # every position-wise op below runs on (N, H)
             input_ids, token_type_ids, position_ids = (
                 padding.unpad(t) for t in (input_ids, token_type_ids, position_ids)
             )
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H) or (N, H)
-        if output_mask is None:
+        if unpad_indices.output_rows is None:
             hidden_states = self.encoder(hidden_states, attn_mask, padding)
             sequence_output = (
                 padding.pad(hidden_states) if padding is not None else hidden_states
@@ -454,14 +608,13 @@ class BertModel(nn.Module):
             pooled_output = self.pooler(sequence_output) if self.pooler is not None else None  # (B, H)
             return BertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
-        keep = output_mask.clone()
-        keep[:, 0] = True  # the [CLS] rows feed the pooler
-        positions = torch.nonzero(keep.flatten(), as_tuple=True)[0]  # (K',) flat (b, t) order
-        rows = padding.rows(positions) if padding is not None else positions
+        rows = unpad_indices.output_rows  # (K',) rows of the (N, H) layout
+        if padding is None:  # the (B*T, H) layout: rows are flat positions
+            rows = unpad_indices.indices.index_select(0, rows)
         hidden_states = self.encoder(hidden_states, attn_mask, padding, last_layer_rows=rows)  # (K', H)
-        sequence_output = hidden_states[output_mask.flatten()[positions]]  # (K, H)
-        first_tokens = hidden_states[positions % T == 0][:, None]  # (B, 1, H): the pooler reads [:, 0]
-        pooled_output = self.pooler(first_tokens) if self.pooler is not None else None
+        sequence_output = hidden_states.index_select(0, unpad_indices.masked_rows)  # (K, H)
+        first_tokens = hidden_states.index_select(0, unpad_indices.first_rows)[:, None]  # (B, 1, H)
+        pooled_output = self.pooler(first_tokens) if self.pooler is not None else None  # reads [:, 0]
         return BertModelOutput(pooler_output=pooled_output, masked_hidden_state=sequence_output)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -495,21 +648,31 @@ class BertForPreTraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
+        unpad_indices: UnpadIndices | None = None,
     ) -> BertForPreTrainingOutput:
-        """``labels`` (B, T): target id at masked positions, -100 elsewhere (HuggingFace style)."""
+        """``labels`` (B, T): target id at masked positions, -100 elsewhere (HuggingFace style).
+
+        ``unpad_indices``: built on the host with ``output_mask = labels != -100`` (the pretraining
+        collate's), so that the step reads nothing back from the device.
+        """
         if labels is None:
-            encoded = self.bert(input_ids, attention_mask, token_type_ids)
+            if unpad_indices is not None:
+                unpad_indices = unpad_indices.without_outputs()
+            encoded = self.bert(input_ids, attention_mask, token_type_ids, unpad_indices=unpad_indices)
             out = BertForPreTrainingOutput(
                 prediction_logits=self.cls.predictions(encoded.last_hidden_state)
             )  # (B, T, V)
         else:
-            masked = labels != IGNORE_INDEX  # (B, T)
+            if unpad_indices is None or unpad_indices.masked_positions is None:
+                mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+                unpad_indices = UnpadIndices.build(mask, labels != IGNORE_INDEX)
+                attention_mask = mask
             # the last layer and the MLM head run at the masked ~15% of tokens only
-            encoded = self.bert(input_ids, attention_mask, token_type_ids, output_mask=masked)
+            encoded = self.bert(input_ids, attention_mask, token_type_ids, unpad_indices=unpad_indices)
             out = BertForPreTrainingOutput(
                 prediction_logits=self.cls.predictions(encoded.masked_hidden_state)
             )  # (M, V)
-            out.masked_lm_labels = labels[masked]  # (M,)
+            out.masked_lm_labels = labels.flatten().index_select(0, unpad_indices.masked_positions)  # (M,)
             out.mlm_loss = _cross_entropy(out.prediction_logits, out.masked_lm_labels)
         out.seq_relationship_logits = self.cls.seq_relationship(encoded.pooler_output)
         if next_sentence_label is not None:

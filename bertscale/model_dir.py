@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from bertscale.atomic import atomic_directory
 from bertscale.data_pipeline.schema import HF_TOKENIZER_NAME, TOKENIZER_NAME
 from bertscale.errors import CheckpointError
-from bertscale.model import TIED_WEIGHTS, BertConfig
+from bertscale.model import TIED_WEIGHTS, BertConfig, hf_state_dict
 
 WEIGHTS = "model.safetensors"
 CONFIG = "bert_config.json"
@@ -288,7 +288,8 @@ def _load_zero(zero_dir: Path, tag: str | None) -> StateDict:
 
     try:
         with weights_only_loading(zero_dir):
-            return get_fp32_state_dict_from_zero_checkpoint(str(zero_dir), tag=tag)
+            # keys are parameter names there (the fused qkv): HuggingFace's, as everywhere else
+            return hf_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(zero_dir), tag=tag))
     except CheckpointError:
         raise
     except Exception as err:  # DeepSpeed raises bare ValueError/FileNotFoundError/AssertionError

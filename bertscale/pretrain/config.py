@@ -40,6 +40,7 @@ class DataConfig:
         "masked_lm_prob": "(0, 1)",
         "max_predictions_per_seq": "[1, inf)",
         "num_workers": "[0, inf)",
+        "pad_to_multiple_of": "[1, 4096]",
     }
 
     shards: Path = Path("data/shards")  # a data_pipeline output directory (manifest.json + tars)
@@ -52,6 +53,9 @@ class DataConfig:
     max_predictions_per_seq: int | None = None  # None: no cap (labels are dense, no fixed M is needed)
     num_workers: int = 1  # DataLoader worker processes per rank (0 = read in the training process)
     on_corrupt_shard: Literal["fail", "skip"] = "fail"  # skip: log the shard, count it, read the next
+    # pad each batch's length up to a multiple (8 or 64 on GPUs: fewer distinct shapes for kernels and
+    # torch.compile); 1 = to the longest sequence. Unpadded ops and varlen attention never see the pads.
+    pad_to_multiple_of: int = 1
 
 
 @dataclass

@@ -8,7 +8,8 @@ Public API:
     mask_static(sample, draw), mask_dynamic(sample, rng, vocab, masked_lm_prob, max_predictions)
     mask_batch(input_ids, rng, vocab, masked_lm_prob, max_predictions)   a padded batch at once
                                        (the rule itself is bertscale.masking's)
-    collate(input_ids, token_type_ids, lengths, labels, next_sentence_label) -> HF batch
+    collate(input_ids, token_type_ids, lengths, labels, next_sentence_label) -> HF batch + unpad_indices
+    batch_width(lengths, pad_to_multiple_of, max_position_embeddings) -> T of a padded batch
 
 The global sample sequence (exact resume at any world size). A global batch of ``G`` sequences is
 ``P = G / micro_batch_size`` micro batches; micro batch ``u`` of every step comes from *lane*
@@ -50,6 +51,7 @@ from bertscale.masking import (
     num_predictions,
     replacement,
 )
+from bertscale.model import UnpadIndices
 from bertscale.runtime.faults import ignore_preemption_signals
 
 log = logging.getLogger("bertscale")
@@ -101,21 +103,39 @@ def collate(
     labels: np.ndarray,
     next_sentence_label: np.ndarray,
 ) -> Batch:
-    """Padded (B, T) arrays -> HF-style batch tensors; T is the longest sequence of the batch."""
-    attention_mask = np.arange(input_ids.shape[1]) < lengths[:, None]
+    """Padded (B, T) arrays -> HF-style batch tensors, plus ``unpad_indices``
+    (:class:`bertscale.model.UnpadIndices`: real tokens, sequence lengths, masked-LM rows), computed
+    here on the host so that the model's step reads nothing back from the GPU."""
+    attention_mask = torch.from_numpy((np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64))
+    labels_t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
     return {
         "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
         "token_type_ids": torch.from_numpy(np.ascontiguousarray(token_type_ids, dtype=np.int64)),
-        "attention_mask": torch.from_numpy(attention_mask.astype(np.int64)),
-        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        "attention_mask": attention_mask,
+        "labels": labels_t,
         "next_sentence_label": torch.from_numpy(np.asarray(next_sentence_label, dtype=np.int64)),
+        "unpad_indices": UnpadIndices.build(attention_mask, labels_t != IGNORE_INDEX),
     }
+
+
+def batch_width(
+    lengths: np.ndarray, pad_to_multiple_of: int = 1, max_position_embeddings: int | None = None
+) -> int:
+    """T of a batch: its longest sequence rounded up to a multiple (stable shapes), but never past
+    the model's positions (a padded position is still looked up by the padded path)."""
+    longest = int(lengths.max())
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    return min(width, max(longest, max_position_embeddings)) if max_position_embeddings else width
 
 
 def _pad(flat: np.ndarray, lengths: np.ndarray, width: int, fill: int) -> np.ndarray:
     out = np.full((len(lengths), width), fill, dtype=np.int64)
     out[np.arange(width) < lengths[:, None]] = flat
     return out
+
+
+def _widen(x: np.ndarray, width: int, fill: int) -> np.ndarray:
+    return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill) if width > x.shape[1] else x
 
 
 def _rows(shard: ShardArrays, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +166,7 @@ class PretrainBatches:
         max_predictions_per_seq: int | None = None,
         seed: int = 0,
         max_position_embeddings: int | None = None,
+        pad_to_multiple_of: int = 1,
         start_step: int = 0,
         on_corrupt_shard: Literal["fail", "skip"] = "fail",
         sample_log: Path | None = None,
@@ -167,6 +188,7 @@ class PretrainBatches:
                 f"more than the model's max_position_embeddings {max_position_embeddings}"
             )
         self.vocab_size = manifest.vocab_size
+        self.max_position_embeddings, self.pad_to_multiple_of = max_position_embeddings, pad_to_multiple_of
         self.special = manifest.special()  # the tokenizer's ids, never constants
         self.vocab = self.special.masking_vocab()
         self.micro_batch_size = micro_batch_size
@@ -258,6 +280,12 @@ class PretrainBatches:
             input_ids, labels = self._mask_static(parts, input_ids)
         nsp = np.concatenate([s.next_sentence_label[r] for _, _, s, r in parts])
         sample_ids = np.concatenate([index * per_shard + r for _, index, _, r in parts])
+        # widened after masking: the masks are drawn on the same (B, longest) grid whatever the multiple
+        width = batch_width(lengths, self.pad_to_multiple_of, self.max_position_embeddings)
+        input_ids, token_type_ids, labels = (
+            _widen(x, width, fill)
+            for x, fill in ((input_ids, self.special.pad_id), (token_type_ids, 0), (labels, IGNORE_INDEX))
+        )
         return collate(input_ids, token_type_ids, lengths, labels, nsp), sample_ids
 
     @staticmethod
@@ -345,8 +373,9 @@ class _MicroBatches(IterableDataset):
 
 
 def eval_batches(
-    root: str | Path, split: str, *, micro_batch_size: int, rank: int, world_size: int, max_batches: int
-) -> list[Batch]:
+    root: str | Path, split: str, *, micro_batch_size: int, rank: int, world_size: int, max_batches: int,
+    pad_to_multiple_of: int = 1, max_position_embeddings: int | None = None,
+) -> list[Batch]:  # fmt: skip
     """This rank's slice of the first ``max_batches`` global batches of ``split`` (static draw 0).
 
     Every rank gets the same number of batches (an incomplete last global batch is dropped):
@@ -366,7 +395,7 @@ def eval_batches(
         mine = samples[first + rank * micro_batch_size : first + (rank + 1) * micro_batch_size]
         masked = [mask_static(s, 0) for s in mine]
         lengths = np.array([len(ids) for ids, _ in masked])
-        width = int(lengths.max())
+        width = batch_width(lengths, pad_to_multiple_of, max_position_embeddings)
         batches.append(
             collate(
                 _pad(np.concatenate([ids for ids, _ in masked]), lengths, width, special.pad_id),

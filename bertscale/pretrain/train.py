@@ -27,6 +27,7 @@ from bertscale.errors import ConfigError
 from bertscale.model import BertConfig, BertForPreTraining, BertForPreTrainingOutput
 from bertscale.model_dir import CONFIG, LATEST, find_tokenizer, load_pretrained, save_model_dir
 from bertscale.pretrain.checkpoint import (
+    check_parameter_names,
     find_resume,
     load_checkpoint,
     needs_universal,
@@ -302,6 +303,7 @@ def main(cfg: PretrainConfig) -> TrainState:
 
     state = TrainState()
     if resume is not None and saved is not None:
+        check_parameter_names(engine, resume)
         if universal:  # another world size or ZeRO stage: the ZeRO partitions are cut afresh
             converted = universal_checkpoint(resume, output_dir / "universal")
             load_checkpoint(engine, resume, converted)
@@ -327,6 +329,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         seed=cfg.seed,
         max_position_embeddings=bert_config.max_position_embeddings,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
         start_step=state.step,
         on_corrupt_shard=cfg.data.on_corrupt_shard,
         sample_log=output_dir / f"sample_ids.rank{dist.rank}.jsonl" if cfg.debug.log_sample_ids else None,
@@ -341,6 +344,8 @@ def main(cfg: PretrainConfig) -> TrainState:
             rank=dist.rank,
             world_size=dist.world_size,
             max_batches=cfg.eval.max_batches,
+            pad_to_multiple_of=cfg.data.pad_to_multiple_of,
+            max_position_embeddings=bert_config.max_position_embeddings,
         )
         if cfg.data.eval_split in manifest.splits
         else []

@@ -26,6 +26,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 
 from bertscale.errors import ConfigError
+from bertscale.model import hf_state_dict
 from bertscale.ports import free_port
 from bertscale.runtime.config import EngineConfig, OptimizerConfig, ScheduleConfig
 from bertscale.runtime.optim import build_optimizer, build_scheduler
@@ -156,9 +157,10 @@ def consolidated_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torc
     for param in module.parameters():  # the same order on every rank: one collective each
         master = safe_get_full_fp32_param(param)
         full[id(param)] = (param if master is None else master).detach().to("cpu", torch.float32, copy=True)
-    params = dict(module.named_parameters(remove_duplicate=False))
+    # parameter names -> the state_dict's HuggingFace keys (the fused qkv becomes query/key/value)
+    weights = hf_state_dict({name: full[id(p)] for name, p in module.named_parameters(remove_duplicate=False)})
     return {
-        key: full[id(params[key])] if key in params else value.detach().to("cpu", copy=True)  # a buffer
+        key: weights[key] if key in weights else value.detach().to("cpu", copy=True)  # else a buffer
         for key, value in module.state_dict().items()
     }
 

@@ -3,7 +3,7 @@
 Public API:
     param_groups(model, weight_decay, lr, lr_scale=None)   no decay for biases and LayerNorm weights;
                                                  parameters named in lr_scale train at lr x their scale
-    build_optimizer(model, cfg: OptimizerConfig, lr_scale=None)  torch AdamW (fused on CUDA) or LAMB
+    build_optimizer(model, cfg: OptimizerConfig, lr_scale=None)  torch AdamW (fused on CUDA and CPU) or LAMB
     lr_lambda(cfg: ScheduleConfig, max_steps)    step -> multiplier: linear warmup, then decay
     BudgetLR(optimizer, cfg, budget_samples, samples_per_step)
                                                  warmup in steps, then decay to the end of a sample budget
@@ -22,6 +22,7 @@ from torch import nn
 from bertscale.runtime.config import OptimizerConfig, ScheduleConfig
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch 2.13 has a fused AdamW kernel that we test or use
 
 
 def param_groups(
@@ -85,8 +86,9 @@ def build_optimizer(
     groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scale)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    # on CUDA torch's fused kernel updates every tensor in one launch (no per-parameter loop)
-    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    # torch's fused kernel updates every tensor in one call (one launch on a GPU; on CPU 8x faster
+    # than the per-tensor foreach path for a 4-layer BERT, see benchmarks/README.md)
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"]) or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 

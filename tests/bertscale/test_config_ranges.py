@@ -42,6 +42,7 @@ FT = ["model.checkpoint=x"]
         (PretrainConfig, "engine.gradient_clipping=-1", "engine.gradient_clipping"),
         (PretrainConfig, "checkpoint.keep_last=-1", "checkpoint.keep_last"),
         (PretrainConfig, "metrics.peak_tflops=0", "metrics.peak_tflops"),
+        (PretrainConfig, "data.pad_to_multiple_of=0", "data.pad_to_multiple_of"),
         (FinetuneConfig, "model.classifier_dropout=1.5", "model.classifier_dropout"),
         (FinetuneConfig, "train.epochs=0", "train.epochs"),
         (FinetuneConfig, "optimizer.weight_decay=-0.1", "optimizer.weight_decay"),

@@ -94,7 +94,7 @@ def test_losses_are_cross_entropy_over_scored_positions_and_train_all_parameters
     grads = {name: p.grad for name, p in model.named_parameters()}
     assert grads["classifier.weight"].abs().sum() > 0
     assert grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0  # the encoder trains too
-    assert grads["bert.encoder.layer.0.attention.self.query.weight"].abs().sum() > 0
+    assert grads["bert.encoder.layer.0.attention.self.qkv.weight"].abs().sum() > 0
 
 
 def test_no_labels_no_loss_and_regression_head():

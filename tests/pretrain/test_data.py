@@ -17,9 +17,11 @@ import bertscale.pretrain.data as data
 from bertscale.data_pipeline.schema import encode_sample, load_manifest, load_shard, read_shard
 from bertscale.data_pipeline.tokenizer import trained_special
 from bertscale.errors import DataError
+from bertscale.model import UnpadIndices
 from bertscale.pretrain.data import (
     IGNORE_INDEX,
     PretrainBatches,
+    batch_width,
     collate,
     eval_batches,
     mask_batch,
@@ -39,7 +41,13 @@ def assert_same(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         for key in x:
-            assert torch.equal(x[key], y[key]), f"batch {i} differs in {key}"
+            assert same_value(x[key], y[key]), f"batch {i} differs in {key}"
+
+
+def same_value(x: torch.Tensor | UnpadIndices, y: torch.Tensor | UnpadIndices) -> bool:
+    if isinstance(x, UnpadIndices):
+        return all(same_value(getattr(x, f), getattr(y, f)) for f in vars(x))
+    return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
 
 
 def by_step(root: Path, steps: int, world: int, accumulation: int, workers: int, **kw) -> dict:
@@ -318,7 +326,9 @@ def test_collate_pads_with_hf_keys(make_sample):
         padded[i, : s.num_tokens], types[i, : s.num_tokens] = s.input_ids, s.token_type_ids
     labels = np.full_like(padded, IGNORE_INDEX)
     batch = collate(padded, types, lengths, labels, np.array([s.next_sentence_label for s in samples]))
-    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}
+    assert set(batch) == {
+        "input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label", "unpad_indices"
+    }  # fmt: skip
     assert batch["input_ids"].shape == (3, longest) and batch["input_ids"].dtype == torch.long
     for i, s in enumerate(samples):
         n = s.num_tokens
@@ -326,6 +336,36 @@ def test_collate_pads_with_hf_keys(make_sample):
         assert batch["input_ids"][i, n:].eq(0).all() and batch["labels"][i, n:].eq(IGNORE_INDEX).all()
         assert batch["token_type_ids"][i, :n].tolist() == s.token_type_ids.tolist()
     assert batch["next_sentence_label"].tolist() == [s.next_sentence_label for s in samples]
+    # the model's unpadding indices, computed here on the host (the model would otherwise sync on a GPU)
+    want = UnpadIndices.build(batch["attention_mask"], batch["labels"] != IGNORE_INDEX)
+    assert same_value(batch["unpad_indices"], want)
+    assert batch["unpad_indices"].cu_seqlens.tolist() == [0, *np.cumsum(lengths).tolist()]
+    assert batch["unpad_indices"].max_seqlen == longest
+
+
+def test_batch_width_rounds_up_to_the_multiple_within_the_positions():
+    assert batch_width(np.array([5, 13, 9])) == 13
+    assert batch_width(np.array([5, 13, 9]), 8) == 16
+    assert batch_width(np.array([5, 16]), 8) == 16
+    assert batch_width(np.array([100, 3]), 64, max_position_embeddings=120) == 120  # not 128
+    assert batch_width(np.array([130]), 64, max_position_embeddings=120) == 130  # refused elsewhere
+
+
+def test_pad_to_multiple_of_changes_only_the_padding(synthetic_shards):
+    kw = dict(micro_batch_size=4, masking="dynamic", seed=3)
+    plain = take(PretrainBatches(synthetic_shards, "train", **kw), 6)
+    padded = take(PretrainBatches(synthetic_shards, "train", pad_to_multiple_of=8, **kw), 6)
+    assert any(b["input_ids"].shape[1] % 8 for b in plain)  # the shards have lengths to round up
+    for a, b in zip(plain, padded, strict=True):
+        width = a["input_ids"].shape[1]
+        assert b["input_ids"].shape[1] == -(-width // 8) * 8
+        for key in ("input_ids", "token_type_ids", "attention_mask", "labels"):
+            assert torch.equal(b[key][:, :width], a[key]), key
+        assert not b["attention_mask"][:, width:].any() and (b["labels"][:, width:] == IGNORE_INDEX).all()
+        assert torch.equal(b["unpad_indices"].cu_seqlens, a["unpad_indices"].cu_seqlens)
+        assert torch.equal(b["unpad_indices"].masked_positions % b["input_ids"].shape[1],
+                           a["unpad_indices"].masked_positions % width)  # fmt: skip
+
 
 
 def test_eval_batches_are_equal_per_rank_and_disjoint(tmp_path: Path, write_shards):

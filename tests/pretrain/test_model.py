@@ -7,13 +7,16 @@ checks the HuggingFace default (sdpa) attention that benchmarks/train.py compare
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import bertscale.model as model_module
 from bertscale.errors import ConfigError
 from bertscale.model import (
     IGNORE_INDEX,
@@ -22,6 +25,8 @@ from bertscale.model import (
     BertForPreTraining,
     BertLayer,
     BertModel,
+    UnpadIndices,
+    hf_state_dict,
     training_flops_per_token,
 )
 
@@ -85,6 +90,38 @@ def test_state_dict_keys_are_huggingface_keys(hf64):
         assert ours.state_dict()[key].shape == value.shape, key
 
 
+def test_fused_qkv_is_one_parameter_saved_as_huggingface_query_key_value(hf64):
+    ours = ours_from(hf64)
+    H = TINY["hidden_size"]
+    names = [name for name, _ in ours.named_parameters() if ".attention.self." in name]
+    assert names[:2] == [f"bert.encoder.layer.0.attention.self.qkv.{kind}" for kind in ("weight", "bias")]
+    assert ours.bert.encoder.layer[0].attention.self.qkv.weight.shape == (3 * H, H)
+    state, hf_state = ours.state_dict(), hf64.state_dict()
+    for i, name in enumerate(("query", "key", "value")):
+        for kind in ("weight", "bias"):
+            key = f"bert.encoder.layer.1.attention.self.{name}.{kind}"
+            assert torch.equal(state[key], hf_state[key]), key
+            assert torch.equal(state[key], getattr(ours.bert.encoder.layer[1].attention.self.qkv, kind)[i * H : (i + 1) * H])
+    # saved tensors own their memory (safetensors refuses tensors that share it)
+    weights = [state[f"bert.encoder.layer.0.attention.self.{n}.weight"] for n in ("query", "key", "value")]
+    assert len({w.untyped_storage().data_ptr() for w in weights}) == 3
+    # parameter-named dicts (DeepSpeed's ZeRO files, consolidation) map to the same keys, in order
+    named = {name: p.detach() for name, p in ours.named_parameters(remove_duplicate=False)}
+    mapped = hf_state_dict(named)
+    assert list(mapped) == list(state)
+    for key, value in mapped.items():
+        assert torch.equal(value, state[key]), key
+    assert hf_state_dict(hf_state).keys() == hf_state.keys()  # HuggingFace keys pass unchanged
+
+
+def test_a_partial_query_key_value_set_is_refused(hf64):
+    state = hf64.state_dict()
+    del state["bert.encoder.layer.0.attention.self.key.weight"]
+    model = ours_from(hf64)
+    with pytest.raises(RuntimeError, match=r"self\.query\.weight, .*self\.value\.weight without the rest"):
+        model.load_state_dict(state, strict=False)
+
+
 @pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
 def test_outputs_equal_huggingface_with_padding_and_token_types(hf64, unpad):
     ours = ours_from(hf64, unpad=unpad)
@@ -133,8 +170,11 @@ def test_gradients_equal_huggingface(hf64):
     hf(**batch).loss.backward()
     ours(**batch).loss.backward()
     hf_grads = dict(hf.named_parameters())
-    for name, param in ours.named_parameters():  # the tied decoder weight appears once, as the embedding
-        torch.testing.assert_close(param.grad, hf_grads[name].grad, **EXACT, msg=name)
+    # the tied decoder weight appears once, as the embedding; the fused qkv's rows as query/key/value
+    grads = hf_state_dict({name: param.grad for name, param in ours.named_parameters()})
+    assert len(grads) == len(hf_grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, hf_grads[name].grad, **EXACT, msg=name)
 
 
 def test_float32_equals_huggingface_default_sdpa_attention():
@@ -213,6 +253,136 @@ def test_batch_without_padding_takes_the_same_route():
         a = model.bert(ids)[0]
         b = model.bert(ids, torch.ones_like(ids))[0]
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_unpad_indices_describe_the_batch():
+    batch = make_batch()  # rows of 16, 11, 6 and 3 real tokens, T = 16
+    masked = batch["labels"] != IGNORE_INDEX
+    u = UnpadIndices.build(batch["attention_mask"], masked)
+    assert u.has_padding and (u.batch_size, u.seq_len, u.max_seqlen) == (4, 16, 16)
+    assert u.cu_seqlens.tolist() == [0, 16, 27, 33, 36] and u.cu_seqlens.dtype == torch.int32
+    assert torch.equal(u.indices, torch.nonzero(batch["attention_mask"].flatten()).squeeze(1))
+    kept = masked.clone()
+    kept[:, 0] = True
+    assert torch.equal(u.indices[u.output_rows], torch.nonzero(kept.flatten()).squeeze(1))
+    assert torch.equal(u.masked_positions, torch.nonzero(masked.flatten()).squeeze(1))
+    assert torch.equal(u.indices[u.output_rows[u.first_rows]], torch.arange(4) * 16)
+    full = UnpadIndices.build(torch.ones(2, 5, dtype=torch.long))
+    assert not full.has_padding and full.cu_seqlens.tolist() == [0, 5, 10] and full.output_rows is None
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_host_built_unpad_indices_give_the_same_outputs_and_gradients(hf64, unpad):
+    """What the collate passes (indices built ahead, on the host) changes no number."""
+    batch = make_batch()
+    given = UnpadIndices.build(batch["attention_mask"], batch["labels"] != IGNORE_INDEX)
+    models = [ours_from(hf64, unpad=unpad) for _ in range(2)]
+    outs = [models[0](**batch), models[1](**batch, unpad_indices=given)]
+    for name in ("prediction_logits", "seq_relationship_logits", "masked_lm_labels", "loss"):
+        torch.testing.assert_close(getattr(outs[1], name), getattr(outs[0], name), atol=0, rtol=0, msg=name)
+    for out in outs:
+        out.loss.backward()
+    grads = dict(models[0].named_parameters())
+    for name, param in models[1].named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, atol=0, rtol=0, msg=name)
+    with torch.no_grad():  # without labels, the same unpadding and the full (B, T, V) logits
+        plain = models[0](batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        ahead = models[1](batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], unpad_indices=given)
+    torch.testing.assert_close(ahead.prediction_logits, plain.prediction_logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_a_training_step_with_host_built_indices_reads_nothing_back(unpad):
+    """On the meta device every value-dependent op (nonzero, .item(), bool(), boolean indexing) raises:
+    a forward + backward that completes there has no device->host sync on a GPU either."""
+    batch = make_batch()
+    batch["unpad_indices"] = UnpadIndices.build(batch["attention_mask"], batch["labels"] != IGNORE_INDEX)
+    model = BertForPreTraining(BertConfig(**TINY, unpad=unpad)).train().to("meta")
+    meta = {key: value.to("meta") for key, value in batch.items()}
+    out = model(**meta)
+    out.loss.backward()
+    assert out.prediction_logits.shape == (int((batch["labels"] != IGNORE_INDEX).sum()), TINY["vocab_size"])
+    assert model.bert.embeddings.word_embeddings.weight.grad is not None
+    del meta["unpad_indices"]
+    with pytest.raises(NotImplementedError):  # the HF-style call finds the real tokens itself
+        model(**meta)
+
+
+def reference_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p):
+    """What FlashAttention's varlen kernel computes, one sequence at a time with plain SDPA."""
+    assert dropout_p == 0 and max_seqlen == int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    bounds = cu_seqlens.tolist()
+    return torch.cat([
+        F.scaled_dot_product_attention(*(x[a:b].transpose(0, 1) for x in (q, k, v))).transpose(0, 1)
+        for a, b in itertools.pairwise(bounds)
+    ])  # fmt: skip
+
+
+def test_cpu_and_float32_take_the_sdpa_fallback(hf64, monkeypatch):
+    for device, dtype in (("cpu", torch.bfloat16), ("cpu", torch.float32), ("meta", torch.float16)):
+        assert not model_module.varlen_attention_supported(torch.zeros(1, device=device, dtype=dtype), 16)
+
+    def refuse(*args):
+        raise AssertionError("varlen attention called on CPU")
+
+    monkeypatch.setattr(model_module, "varlen_attention", refuse)
+    batch = make_batch()
+    with torch.no_grad():
+        out, ref = ours_from(hf64)(**batch), hf64(**batch)
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits, **EXACT)
+
+
+def test_varlen_path_equals_huggingface_outputs_and_gradients(monkeypatch):
+    """The CUDA path's layout (qkv split per token, sequences from cu_seqlens, no mask, no pad/unpad),
+    run on CPU with a reference kernel in place of FlashAttention (which has no CPU kernel)."""
+    calls = []
+
+    def kernel(*args):
+        calls.append(args[3])
+        return reference_varlen_attention(*args)
+
+    monkeypatch.setattr(model_module, "varlen_attention_supported", lambda x, head_size: True)
+    monkeypatch.setattr(model_module, "varlen_attention", kernel)
+    hf = hf_model().double()
+    ours = ours_from(hf)
+    batch = make_batch()
+    out, ref = ours(**batch), hf(**batch)
+    assert len(calls) == TINY["num_hidden_layers"] and calls[0].tolist() == [0, 16, 27, 33, 36]
+    masked = batch["labels"] != IGNORE_INDEX
+    torch.testing.assert_close(out.prediction_logits, ref.prediction_logits[masked], **EXACT)
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits, **EXACT)
+    torch.testing.assert_close(out.loss, ref.loss, **EXACT)
+    out.loss.backward()
+    ref.loss.backward()
+    hf_grads = dict(hf.named_parameters())
+    for name, grad in hf_state_dict({n: p.grad for n, p in ours.named_parameters()}).items():
+        torch.testing.assert_close(grad, hf_grads[name].grad, **EXACT, msg=name)
+
+
+def test_varlen_kernel_call_and_backward_on_meta(monkeypatch):
+    """The real FlashAttention op (torch.ops.aten._flash_attention_forward) as the model calls it, bf16,
+    attention dropout on, shapes and autograd checked by its meta kernels (no GPU here)."""
+    calls = []
+    real = model_module.varlen_attention
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(model_module, "varlen_attention_supported", lambda x, head_size: True)
+    monkeypatch.setattr(model_module, "varlen_attention", counting)
+    batch = make_batch()
+    batch["unpad_indices"] = UnpadIndices.build(batch["attention_mask"], batch["labels"] != IGNORE_INDEX)
+    config = BertConfig(**TINY, attention_probs_dropout_prob=0.1)
+    model = BertForPreTraining(config).train().to("meta", torch.bfloat16)
+    out = model(**{key: value.to("meta") for key, value in batch.items()})
+    out.loss.backward()
+    N, head_size = int(batch["attention_mask"].sum()), TINY["hidden_size"] // TINY["num_attention_heads"]
+    assert len(calls) == TINY["num_hidden_layers"]
+    q, k, v, cu_seqlens, max_seqlen, dropout_p = calls[0]
+    assert q.shape == k.shape == v.shape == (N, TINY["num_attention_heads"], head_size) and q.stride(-1) == 1
+    assert cu_seqlens.dtype == torch.int32 and max_seqlen == 16 and dropout_p == 0.1
+    assert model.bert.encoder.layer[0].attention.self.qkv.weight.grad.shape == (3 * TINY["hidden_size"], TINY["hidden_size"])
 
 
 def test_gradient_checkpointing_gives_equal_gradients_and_recomputes(monkeypatch):

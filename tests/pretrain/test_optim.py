@@ -159,8 +159,28 @@ def test_budget_ending_before_warmup_is_refused():
         BudgetLR(opt, ScheduleConfig(warmup_steps=10), budget_samples=320, samples_per_step=32)
 
 
-def test_adamw_is_fused_exactly_when_the_parameters_are_on_cuda():
-    assert not build_optimizer(tiny_model(), OptimizerConfig()).defaults["fused"]  # CPU: the plain loop
+def test_adamw_is_fused_on_cpu_and_updates_as_the_foreach_loop_does():
+    models = [tiny_model() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    before = models[0].cls.seq_relationship.weight.detach().clone()
+    cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(models[0], cfg)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(
+        param_groups(models[1], 0.1), lr=1e-2, betas=tuple(cfg.betas), eps=cfg.eps, fused=False, foreach=True
+    )
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, optimizer in zip(models, (fused, plain), strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert (models[0].cls.seq_relationship.weight - before).abs().mean() > 1e-3  # 3 steps of lr 1e-2 moved it
+    on_meta = build_optimizer(tiny_model().to("meta"), OptimizerConfig())
+    assert not on_meta.defaults["fused"]  # no fused kernel there: the plain loop
 
 
 @pytest.mark.gpu
