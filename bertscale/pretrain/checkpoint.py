@@ -26,6 +26,7 @@ Public API:
     needs_universal(state, world_size, zero_stage)       whether ZeRO partitions must be re-cut
     universal_checkpoint(step_dir, cache) -> Path        DeepSpeed universal form (ds_to_universal), cached
     load_checkpoint(engine, step_dir, universal) -> dict restores engine (+ RNG); returns trainer_state
+    check_parameter_names(engine, step_dir)              the DeepSpeed state was saved for these parameters
 
 Elastic resume: a checkpoint written by N ranks at ZeRO stage k resumes on M ranks at stage j
 (1-3): rank 0 converts it once with DeepSpeed's ``ds_to_universal`` (every load in it weights-only)
@@ -214,6 +215,24 @@ def universal_checkpoint(step_dir: Path, cache: Path) -> Path:
         tmp.rename(final)
     barrier()
     return final
+
+
+def check_parameter_names(engine: Any, step_dir: Path) -> None:
+    """DeepSpeed lays optimizer state out by parameter: a checkpoint saved for parameters this model
+    lacks (one from before query/key/value became the single ``qkv``) is one line, not a traceback."""
+    states = step_dir / DEEPSPEED / step_dir.name / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        return  # DeepSpeed's own load names what is missing
+    with weights_only_loading(states):
+        saved = torch.load(states, map_location="cpu", mmap=True)
+    names = [name for group in saved.get("param_shapes") or [] for name in group]
+    missing = sorted(set(names) - {name for name, _ in engine.module.named_parameters()})
+    if missing:
+        raise CheckpointError(
+            f"{step_dir}: its optimizer state is for parameters this model does not have ({missing[0]}, "
+            f"{len(missing)} in all: saved before query/key/value became one qkv parameter?); resume it with "
+            f"the bertscale that wrote it, or start from its weights with checkpoint.init_from={step_dir}"
+        )
 
 
 def load_checkpoint(engine: Any, step_dir: Path, universal: Path | None = None) -> dict[str, Any]:

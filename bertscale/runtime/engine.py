@@ -4,7 +4,7 @@ Public API:
     init_distributed() -> DistInfo        gloo on CPU, nccl on GPU; a plain ``python -m`` is rank 0 of 1
     build_ds_config(engine_cfg, micro_batch_size) -> dict    the DeepSpeed JSON, generated
     create_engine(model, engine_cfg, optimizer_cfg, schedule_cfg, micro_batch_size, max_steps,
-                  budget_samples=None)
+                  budget_samples=None, lr_scale=None)
         -> deepspeed.DeepSpeedEngine     (optimizer + LR scheduler attached; their state is checkpointed;
                                           with a sample budget the scheduler is optim.BudgetLR)
     consolidated_state_dict(engine) -> state_dict   collective: full fp32 weights, any ZeRO stage
@@ -107,8 +107,12 @@ def create_engine(
     max_steps: int,
     budget_samples: int | None = None,
     load_universal: bool = False,
+    lr_scale: dict[str, float] | None = None,
 ) -> deepspeed.DeepSpeedEngine:
-    """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision."""
+    """Wrap ``model`` (built identically on every rank) with optimizer, schedule, ZeRO and precision.
+
+    ``lr_scale``: parameter name -> multiplier of the lr (bertscale.runtime.optim.param_groups).
+    """
     accelerator = get_accelerator()
     supported = {
         "fp16": accelerator.is_fp16_supported(),
@@ -126,7 +130,7 @@ def create_engine(
                 module.gradient_checkpointing = True
     if accelerator.device_name() == "cuda":  # on the device first, so AdamW can use its fused kernel
         model.to(accelerator.current_device_name())
-    optimizer = build_optimizer(model, optimizer_cfg)
+    optimizer = build_optimizer(model, optimizer_cfg, lr_scale)
     world = dist.get_world_size() if dist.is_initialized() else 1
     samples_per_step = micro_batch_size * engine_cfg.gradient_accumulation_steps * world
     scheduler = build_scheduler(optimizer, schedule_cfg, max_steps, budget_samples, samples_per_step)

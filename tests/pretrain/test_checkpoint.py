@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 from helpers.checkpoints import tiny_bert_config, write_step_dir
 
 from bertscale.errors import CheckpointError
 from bertscale.model import BertForPreTraining
-from bertscale.pretrain.checkpoint import find_resume
+from bertscale.model_dir import DEEPSPEED
+from bertscale.pretrain.checkpoint import check_parameter_names, find_resume
 
 
 def test_find_resume(tmp_path):
@@ -55,3 +59,21 @@ def test_resume_on_fewer_ranks_keeps_the_global_batch_by_accumulating():
         plan_resume(cfg, _saved(lanes=4), world_size=3)
     with pytest.raises(ConfigError, match=r"data\.micro_batch_size=4, config has 8"):
         plan_resume(cfg, _saved(micro_batch_size=4), world_size=2)
+
+
+def test_a_checkpoint_saved_for_other_parameters_is_one_line(tmp_path):
+    """DeepSpeed's model states name the parameters its optimizer state is laid out for; a checkpoint
+    from before query/key/value were fused (old names) is refused by name before DeepSpeed reads it."""
+    engine = SimpleNamespace(module=BertForPreTraining(tiny_bert_config()))
+    names = [name for name, _ in engine.module.named_parameters()]
+    step_dir = tmp_path / "step_00000004"
+    states = step_dir / DEEPSPEED / step_dir.name / "mp_rank_00_model_states.pt"
+    states.parent.mkdir(parents=True)
+    torch.save({"param_shapes": [dict.fromkeys(names, torch.Size([1]))]}, states)
+    check_parameter_names(engine, step_dir)  # saved by this model: passes
+    old = [n.replace("self.qkv.", "self.query.") for n in names]
+    torch.save({"param_shapes": [dict.fromkeys(old, torch.Size([1]))]}, states)
+    fused = 2 * engine.module.config.num_hidden_layers  # each layer's qkv weight and bias
+    with pytest.raises(CheckpointError, match=r"^.*step_00000004: its optimizer state is for parameters this "
+                       rf"model does not have \(bert\.encoder\.layer\.0\.attention\.self\.query\.bias, {fused} in all"):
+        check_parameter_names(engine, step_dir)
