@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bertscale.errors import ConfigError, DataError
+from bertscale.pretrain.config import load_pretrain_config
 from tests.helpers.processes import REPO
 from tests.helpers.shards import write_shards
 
@@ -71,7 +72,8 @@ def test_a_budget_that_ends_before_warmup_is_one_line(capsys, tmp_path):
     line = _error_line(
         capsys, ["--shards", str(shards), "--out", str(tmp_path / "o"), "--budget-cpu-s", "0.0001"]
     )
-    assert "--budget-cpu-s 0.0001 ends before warmup" in line and "schedule.warmup_steps=30" in line
+    warmup = load_pretrain_config(tta.REPO / "bertscale/pretrain/configs/tiny.yaml").schedule.warmup_steps
+    assert "--budget-cpu-s 0.0001 ends before warmup" in line and f"schedule.warmup_steps={warmup}" in line
     assert not (tmp_path / "o").exists()
 
 
