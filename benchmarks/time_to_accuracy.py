@@ -201,8 +201,10 @@ def score(point: Point, validation: list[dict[str, torch.Tensor]], device: torch
 
 
 def nearest(points: list[Point], budget_s: float, n: int) -> list[Point]:
-    """The checkpoints nearest to n evenly spaced clock values up to the budget, and the last one."""
-    chosen = {min(points, key=lambda p: abs(p.clock_s - budget_s * k / n)).step for k in range(1, n + 1)}
+    """The checkpoints nearest to n evenly spaced clock values up to the budget (or up to the side's
+    last checkpoint, when max_steps ended it earlier), and the last one."""
+    span = min(budget_s, points[-1].clock_s)
+    chosen = {min(points, key=lambda p: abs(p.clock_s - span * k / n)).step for k in range(1, n + 1)}
     return [p for p in points if p.step in chosen or p is points[-1]]
 
 
