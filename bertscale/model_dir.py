@@ -17,6 +17,7 @@ types can be unpickled.
 
 Public API:
     Tokenizer(kind, files); Tokenizer.from_path(path); find_tokenizer(directory) -> Tokenizer | None
+    check_tokenizer_fits(where, tokens, vocab_size)   CheckpointError if the tokenizer's ids overflow the model
     write_model_dir(directory, config, state_dict, tokenizer=None, config_name=CONFIG) -> None
     save_model_dir(out, config, state_dict, tokenizer=None, config_name=CONFIG) -> Path   atomic
     step_dir_name(step), latest_step_dir(checkpoints_dir), resolve_step_dir(path) -> Path
@@ -107,6 +108,16 @@ def find_tokenizer(directory: Path) -> Tokenizer | None:
         if all((directory / name).is_file() for name in names):
             return Tokenizer(kind, tuple(directory / name for name in names))
     return None
+
+
+def check_tokenizer_fits(where: str | Path, tokens: int, vocab_size: int) -> None:
+    """A tokenizer of ``tokens`` ids may be smaller than the embedding table (transformers allows a
+    padded vocabulary), never larger: its top ids would index past the word embeddings."""
+    if tokens > vocab_size:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {tokens} tokens but the model's vocab_size is {vocab_size}: "
+            f"ids {vocab_size}-{tokens - 1} have no embedding (use the tokenizer the model was trained with)"
+        )
 
 
 def _copy_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:

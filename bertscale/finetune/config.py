@@ -84,7 +84,7 @@ class TrainConfig:
     micro_batch_size: int = 16
     epochs: float = 3.0  # passes over the training split; max_steps wins when set
     max_steps: int | None = None
-    eval_every: int = 50  # optimizer steps between evaluations on the validation split
+    eval_every: int = 50  # optimizer steps between evaluations on the validation split; 0: only the final one
     log_every: int = 10
     max_eval_examples: int | None = (
         None  # cap validation examples evaluated mid-run (the final eval uses all)

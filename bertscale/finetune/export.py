@@ -40,6 +40,7 @@ from bertscale.data_pipeline.tokenizer import (
     HF_TOKENIZER_CONFIG,
     HF_VOCAB,
     load_tokenizer_model,
+    processor,
     write_hf_tokenizer,
 )
 from bertscale.errors import CheckpointError, DataError, run_cli
@@ -52,6 +53,7 @@ from bertscale.model_dir import (
     HF_WEIGHTS,
     TOKENIZER_FILES,
     Tokenizer,
+    check_tokenizer_fits,
     find_tokenizer,
     load_pretrained,
     read_hf_checkpoint,
@@ -86,16 +88,20 @@ def export_to_hf(
     cls = BertForPreTraining if heads else BertModel
     kwargs = _model_kwargs(cls, state)
     state = check_state_dict(config, _keys_for(cls, state), source, cls, **kwargs)
+    data = None
+    if tokenizer is not None:  # checked before anything is written
+        try:
+            data = load_tokenizer_model(tokenizer.path)
+            tokens = processor(data, where=str(tokenizer.path)).get_piece_size()
+        except DataError as err:
+            raise CheckpointError(str(err)) from None
+        check_tokenizer_fits(tokenizer.path, tokens, config.vocab_size)
     with atomic_directory(Path(out_dir), EXPORT_FILES.__contains__) as tmp:
         write_model_dir(tmp, config, state, None, config_name=HF_CONFIG)
         if not heads:  # transformers reads the class from here (AutoModel, pipelines)
             hf = {**config.to_hf_dict(), "architectures": ["BertModel"]}
             (tmp / HF_CONFIG).write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-        if tokenizer is not None:
-            try:
-                data = load_tokenizer_model(tokenizer.path)
-            except DataError as err:
-                raise CheckpointError(str(err)) from None
+        if tokenizer is not None and data is not None:
             write_hf_tokenizer(data, tmp, config.max_position_embeddings)
             if tokenizer.kind == "sentencepiece":  # ours as well: --from-hf brings it back unchanged
                 shutil.copyfile(tokenizer.path, tmp / tokenizer.path.name)

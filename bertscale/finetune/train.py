@@ -18,7 +18,7 @@ import torch
 
 from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config, to_dict
-from bertscale.errors import CheckpointError, ConfigError, DataError
+from bertscale.errors import ConfigError, DataError
 from bertscale.finetune.checkpoint import head_info, init_encoder, load_base, save_finetuned
 from bertscale.finetune.config import FinetuneConfig
 from bertscale.finetune.data import Features, eval_batches, load_task_data, load_tokenizer, train_batches
@@ -26,7 +26,7 @@ from bertscale.finetune.evaluate import evaluate
 from bertscale.finetune.heads import HEADS
 from bertscale.finetune.plot import plot_curves, read_curves
 from bertscale.finetune.readers import BUILTIN_DATASETS
-from bertscale.model_dir import resolve_step_dir
+from bertscale.model_dir import check_tokenizer_fits, resolve_step_dir
 from bertscale.runtime.engine import (
     all_gather_object,
     consolidated_state_dict,
@@ -63,11 +63,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     )
     base = load_base(cfg.model)
     tokenizer = load_tokenizer(base.tokenizer.path)
-    if tokenizer.get_piece_size() > base.config.vocab_size:
-        raise CheckpointError(
-            f"{base.tokenizer.path}: {tokenizer.get_piece_size()} pieces, but the model's vocab_size is "
-            f"{base.config.vocab_size}"
-        )
+    check_tokenizer_fits(base.tokenizer.path, tokenizer.get_piece_size(), base.config.vocab_size)
     if cfg.max_seq_length > base.config.max_position_embeddings:
         raise ConfigError(
             f"max_seq_length {cfg.max_seq_length} > the model's max_position_embeddings "
@@ -142,8 +138,8 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
 
     status, final = "FAILED", {}
     try:
-        if periodic:
-            tracker.log_metrics(0, held_out(periodic, "eval"))  # where the curve starts
+        if periodic and cfg.train.eval_every:  # where the curve starts (eval_every=0: no curve)
+            tracker.log_metrics(0, held_out(periodic, "eval"))
         state = run_training(
             engine,
             train_batches(train, cfg.train.micro_batch_size, cfg.seed, pad_id, dist.rank, dist.world_size),

@@ -74,12 +74,19 @@ class PretrainScheduleConfig(ScheduleConfig):
 
 @dataclass
 class CheckpointConfig:
-    RANGES: ClassVar[dict[str, str]] = {"save_every": "[0, inf)", "keep_last": "[0, inf)"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "save_every": "[0, inf)",
+        "keep_last": "[0, inf)",
+        "init_new_lr_scale": "(0, inf)",
+    }
 
     save_every: int = 1000  # optimizer steps; 0 saves only at the end
     keep_last: int = 3
     resume: str = "auto"  # auto (latest in output_dir if any) | never | PATH to a run/checkpoint
     init_from: Path | None = None  # load model weights only (e.g. phase 2 from phase 1)
+    # the tensors init_from lacked (fresh MLM/NSP heads on a published encoder) train at
+    # optimizer.lr x this: a fresh head needs a far higher rate than the pretrained encoder it reads
+    init_new_lr_scale: float = 1.0
 
 
 @dataclass

@@ -285,8 +285,8 @@ def main(cfg: PretrainConfig) -> TrainState:
         new_tensors = load_init_weights(model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}")
         init = None  # the checkpoint's copy is no longer needed
         log.info(
-            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint): %s",
-            cfg.checkpoint.init_from, len(new_tensors), ", ".join(new_tensors) or "none",
+            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint, lr x %g): %s",
+            cfg.checkpoint.init_from, len(new_tensors), cfg.checkpoint.init_new_lr_scale, ", ".join(new_tensors) or "none",
         )  # fmt: skip
     engine = create_engine(
         model,
@@ -297,6 +297,7 @@ def main(cfg: PretrainConfig) -> TrainState:
         cfg.max_steps,
         budget_samples=budget_samples,
         load_universal=universal,
+        lr_scale=dict.fromkeys(new_tensors, cfg.checkpoint.init_new_lr_scale),
     )
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 

@@ -1,8 +1,9 @@
 """Optimizer and learning-rate schedule (shared by pretraining and fine-tuning).
 
 Public API:
-    param_groups(model, weight_decay)            no decay for biases and LayerNorm weights
-    build_optimizer(model, cfg: OptimizerConfig)  torch AdamW (fused on CUDA and CPU) or LAMB
+    param_groups(model, weight_decay, lr, lr_scale=None)   no decay for biases and LayerNorm weights;
+                                                 parameters named in lr_scale train at lr x their scale
+    build_optimizer(model, cfg: OptimizerConfig, lr_scale=None)  torch AdamW (fused on CUDA and CPU) or LAMB
     lr_lambda(cfg: ScheduleConfig, max_steps)    step -> multiplier: linear warmup, then decay
     BudgetLR(optimizer, cfg, budget_samples, samples_per_step)
                                                  warmup in steps, then decay to the end of a sample budget
@@ -13,7 +14,7 @@ Public API:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -24,15 +25,25 @@ NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch 2.13 has a fused AdamW kernel that we test or use
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, lr_scale: Mapping[str, float] | None = None
+) -> list[dict]:
+    """[decay, no_decay] groups, then one group per (decay, scale) of the parameters in ``lr_scale``
+    (e.g. fresh MLM heads on a pretrained encoder), whose ``lr`` is ``lr`` x scale; schedules
+    multiply every group's rate alike. Without ``lr_scale``: the two groups checkpoints hold."""
+    scales = {name: scale for name, scale in (lr_scale or {}).items() if scale != 1.0}
+    base: dict[bool, list] = {True: [], False: []}
+    scaled: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():  # tied parameters appear once
         if param.requires_grad:
-            (no_decay if name.endswith(NO_DECAY) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            decay = not name.endswith(NO_DECAY)
+            (scaled.setdefault((decay, scales[name]), []) if name in scales else base[decay]).append(param)
+    groups = [{"params": base[True], "weight_decay": weight_decay}, {"params": base[False], "weight_decay": 0.0}]
+    if scaled and lr is None:
+        raise ValueError("param_groups: lr_scale needs the base lr")
+    for (decay, scale), params in scaled.items():
+        groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale})
+    return groups
 
 
 class Lamb(torch.optim.Optimizer):
@@ -69,8 +80,10 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, lr_scale: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scale)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     # torch's fused kernel updates every tensor in one call (one launch on a GPU; on CPU 8x faster

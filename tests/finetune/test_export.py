@@ -51,9 +51,9 @@ def batch() -> dict[str, torch.Tensor]:
     )
 
 
-def ours_random(seed: int = 0) -> BertForPreTraining:
+def ours_random(seed: int = 0, vocab_size: int = TINY["vocab_size"]) -> BertForPreTraining:
     torch.manual_seed(seed)
-    model = BertForPreTraining(BertConfig(**TINY))
+    model = BertForPreTraining(BertConfig(**{**TINY, "vocab_size": vocab_size}))
     with torch.no_grad():  # non-trivial values everywhere, so a swapped tensor cannot go unnoticed
         for param in model.parameters():
             param.add_(0.02 * torch.randn_like(param))
@@ -142,7 +142,7 @@ def test_import_bare_bert_model_as_encoder(tmp_path, pooler):
 
 
 def test_cli_full_circle_ours_to_hf_to_ours(tmp_path, capsys, tokenizer_path):
-    ours = ours_random(seed=3)
+    ours = ours_random(seed=3, vocab_size=400)  # the tokenizer's 400 tokens (more is refused)
     step = save_pretrained_dir(
         ours.config, ours.state_dict(), tmp_path / "run" / "checkpoints" / "step_00000005"
     )

@@ -8,6 +8,7 @@ fills in fresh heads and refuses a tokenizer that is not the shards'.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -18,11 +19,11 @@ import transformers
 
 from bertscale.data_pipeline.schema import Manifest
 from bertscale.data_pipeline.tokenizer import load_tokenizer_model, processor, special_tokens, trained_special
-from bertscale.errors import CheckpointError
-from bertscale.finetune.export import has_heads
+from bertscale.errors import CheckpointError, run_cli
+from bertscale.finetune.export import export_to_hf, has_heads, save_pretrained_dir
 from bertscale.finetune.export import main as export_main
 from bertscale.model import BertForPreTraining
-from bertscale.model_dir import load_pretrained
+from bertscale.model_dir import Tokenizer, load_pretrained
 from bertscale.pretrain.init_from import load_init, load_init_weights
 
 BOOK = Path(__file__).parents[1] / "assets" / "books" / "hamlet_act1.txt"  # not the tokenizer's training text
@@ -81,6 +82,57 @@ def test_minilm_headless_round_trip_has_identical_hidden_states(tmp_path: Path):
     with torch.no_grad():
         expected, got = reference(**batch).last_hidden_state, exported(**batch).last_hidden_state
     assert torch.equal(expected, got)
+
+
+def test_wordpiece_export_tokenizes_like_us_and_fills_masks(tmp_path: Path):
+    """MiniLM with fresh pretraining heads (what continued pretraining starts from), exported: the
+    exported WordPiece gives exactly our ids and ``pipeline("fill-mask", model=OUT)`` runs on the directory alone."""
+    minilm = minilm_dir()
+    init = load_pretrained(minilm)
+    torch.manual_seed(0)
+    model = BertForPreTraining(init.config)
+    load_init_weights(model, init.state_dict, "minilm")
+    tokenizer = Tokenizer.from_path(minilm)
+    save_pretrained_dir(init.config, model.state_dict(), tmp_path / "ours", tokenizer)
+    export_main(["--to-hf", str(tmp_path / "ours"), str(tmp_path / "hf")])
+    ours = processor(load_tokenizer_model(minilm / "tokenizer.json"))
+    special = special_tokens(ours)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert len(theirs) == ours.get_piece_size() <= init.config.vocab_size
+    texts = held_out_texts()
+    for text in texts:
+        assert theirs(text)["input_ids"] == [special.cls_id, *ours.encode(text), special.sep_id], text
+    pair = theirs(texts[0], texts[1])["input_ids"]
+    assert pair == [special.cls_id, *ours.encode(texts[0]), special.sep_id, *ours.encode(texts[1]), special.sep_id]
+    assert (theirs.cls_token_id, theirs.mask_token_id, theirs.pad_token_id) == (101, 103, 0)
+
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf"))
+    completions = fill("The capital of France is [MASK].", top_k=3)
+    assert len(completions) == 3 and all(c["token"] < init.config.vocab_size for c in completions)
+
+
+def test_export_refuses_a_tokenizer_larger_than_the_vocabulary(tiny_checkpoint: Path, tmp_path: Path, capsys):
+    """More tokens than embeddings is one error line before anything is written; fewer (a padded
+    vocabulary, as transformers allows) exports and fill-mask only ever predicts real ids."""
+    pretrained = load_pretrained(tiny_checkpoint)  # 400 SentencePiece tokens
+    wrong = Tokenizer.from_path(minilm_dir())  # 30,522 WordPiece tokens
+    message = r"tokenizer\.json: the tokenizer has 30522 tokens but the model's vocab_size is 400"
+    with pytest.raises(CheckpointError, match=message):
+        export_to_hf(pretrained.config, pretrained.state_dict, tmp_path / "bad", wrong)
+    assert not (tmp_path / "bad").exists()
+    save_pretrained_dir(pretrained.config, pretrained.state_dict, tmp_path / "ours", wrong)
+    assert run_cli(export_main, ["--to-hf", str(tmp_path / "ours"), str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "30522 tokens" in err and "\n" not in err, err
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+    vocab = pretrained.config.vocab_size
+    config = dataclasses.replace(pretrained.config, vocab_size=vocab + 8)
+    export_to_hf(config, BertForPreTraining(config).state_dict(), tmp_path / "padded", pretrained.tokenizer)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "padded"))
+    assert len(tokenizer) == vocab < config.vocab_size
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "padded"))
+    assert len(fill(f"The king is {tokenizer.mask_token} .", top_k=5)) == 5
 
 
 def test_init_from_minilm_adds_fresh_heads_tied_decoder():

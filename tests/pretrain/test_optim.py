@@ -32,6 +32,28 @@ def test_no_weight_decay_for_biases_and_layernorm():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_fresh_heads_train_at_a_scaled_lr_under_the_same_schedule():
+    model = tiny_model()
+    fresh = ["cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.seq_relationship.weight"]
+    opt = build_optimizer(model, OptimizerConfig(lr=1e-3, weight_decay=0.01), dict.fromkeys(fresh, 10.0))
+    assert len(opt.param_groups) == 4  # decay, no_decay, then the scaled decay / no-decay parameters
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = [sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups]
+    assert sorted(by_group[2] + by_group[3]) == sorted(fresh)
+    assert not set(fresh) & set(by_group[0] + by_group[1])
+    assert sum(map(len, by_group)) == len(list(model.parameters()))
+    decays = {n: g["weight_decay"] for g in opt.param_groups for n in (names[id(p)] for p in g["params"])}
+    assert decays["cls.predictions.bias"] == 0.0 and decays["cls.seq_relationship.weight"] == 0.01
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=4, decay="linear", total_steps=8), max_steps=100)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs == pytest.approx([7.5e-4, 7.5e-4, 7.5e-3, 7.5e-3])
+    # no scale (or a scale of 1): the two groups that checkpoints hold
+    assert len(build_optimizer(model, OptimizerConfig(), dict.fromkeys(fresh, 1.0)).param_groups) == 2
+
+
 @pytest.mark.parametrize("decay", ["linear", "cosine"])
 def test_warmup_then_decay(decay):
     f = lr_lambda(ScheduleConfig(warmup_steps=10, decay=decay, min_lr_ratio=0.1), max_steps=110)
