@@ -109,17 +109,16 @@ def check_reached_warmup(side: str, points: list[Point], warmup_steps: int, budg
 # --- the two runs ------------------------------------------------------------------------------
 
 
-def ours_command(args: argparse.Namespace, out: Path, ranks: int, overrides: Sequence[str]) -> list[str]:
+def ours_command(args: argparse.Namespace, out: Path, config: Path, ranks: int) -> list[str]:
+    """The real job on the resolved config both sides read; the overrides here only place the run."""
     fixed = [
-        f"data.shards={args.shards}", f"output_dir={out}", "checkpoint.resume=never",
-        f"checkpoint.save_every={args.save_every}", "checkpoint.keep_last=0",
-        "mlflow.enabled=false", "data.eval_split=none",  # evaluation happens afterwards, off the clock
+        f"output_dir={out}", "checkpoint.resume=never", f"checkpoint.save_every={args.save_every}",
+        "checkpoint.keep_last=0", "mlflow.enabled=false",
+        "data.eval_split=none",  # evaluation happens afterwards, off the clock
     ]  # fmt: skip
-    if args.device == "cuda":
-        fixed.append("engine.precision=bf16")
     return [
         str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", str(free_port()),
-        "--module", "bertscale.pretrain", "--config", str(args.config), *fixed, *overrides,
+        "--module", "bertscale.pretrain", "--config", str(config), *fixed,
     ]  # fmt: skip
 
 
@@ -202,8 +201,10 @@ def score(point: Point, validation: list[dict[str, torch.Tensor]], device: torch
 
 
 def nearest(points: list[Point], budget_s: float, n: int) -> list[Point]:
-    """The checkpoints nearest to n evenly spaced clock values up to the budget, and the last one."""
-    chosen = {min(points, key=lambda p: abs(p.clock_s - budget_s * k / n)).step for k in range(1, n + 1)}
+    """The checkpoints nearest to n evenly spaced clock values up to the budget (or up to the side's
+    last checkpoint, when max_steps ended it earlier), and the last one."""
+    span = min(budget_s, points[-1].clock_s)
+    chosen = {min(points, key=lambda p: abs(p.clock_s - span * k / n)).step for k in range(1, n + 1)}
     return [p for p in points if p.step in chosen or p is points[-1]]
 
 
@@ -337,7 +338,8 @@ def main(argv: Sequence[str]) -> None:
     device = check_device(args.device)
     ranks = args.ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
     unit = "GPU-seconds (wall x GPUs)" if device.type == "cuda" else "CPU-seconds (all processes)"
-    cfg = load_pretrain_config(args.config, [f"data.shards={args.shards}", *overrides])
+    defaults = [f"data.shards={args.shards}"] + (["engine.precision=bf16"] if device.type == "cuda" else [])
+    cfg = load_pretrain_config(args.config, [*defaults, *overrides])
     manifest = load_manifest(args.shards)
     bert = cfg.model.resolve(manifest.vocab_size)
     validation = eval_batches(
@@ -376,15 +378,15 @@ def main(argv: Sequence[str]) -> None:
     runs, curves = {}, {}
     for side in ("transformers", "ours"):
         cmd = (
-            ours_command(args, out / side, ranks, overrides) if side == "ours"
+            ours_command(args, out / side, config, ranks) if side == "ours"
             else baseline_command(args, out / side, config, ranks)
         )  # fmt: skip
-        runs[side], points = run_side(side, cmd, out / side, args, ranks)
-        check_reached_warmup(side, points, cfg.schedule.warmup_steps, args.budget_cpu_s)
+        runs[side], curves[side] = run_side(side, cmd, out / side, args, ranks)
+        check_reached_warmup(side, curves[side], cfg.schedule.warmup_steps, args.budget_cpu_s)
+    print(load_line("end of training"), flush=True)
+    for points in curves.values():  # scored after both runs: the evaluator never competes with a run
         for p in nearest(points, args.budget_cpu_s, args.points):
             score(p, validation, device)
-        curves[side] = points
-    print(load_line("end of training"), flush=True)
 
     target = curves["transformers"][-1]
     hit = first_reaching(curves["ours"], target.mlm_accuracy, validation, device)

@@ -92,7 +92,8 @@ def training_arguments(
         lr_scheduler_type=SCHEDULES[cfg.schedule.decay],
         warmup_steps=cfg.schedule.warmup_steps,
         seed=cfg.seed,
-        bf16=device == "cuda",
+        bf16=cfg.engine.precision == "bf16",  # autocast: Trainer's way (ours: DeepSpeed's bf16 weights)
+        fp16=cfg.engine.precision == "fp16",
         use_cpu=device == "cpu",
         ddp_backend="gloo" if device == "cpu" else None,
         dataloader_num_workers=cfg.data.num_workers,
