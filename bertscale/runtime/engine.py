@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -66,7 +67,24 @@ def init_distributed(timeout_s: float = 0) -> DistInfo:
     if not dist.is_initialized():
         kwargs = {"timeout": timedelta(seconds=2 * timeout_s)} if timeout_s > 0 else {}
         deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
+        if device.type == "cpu" and world_size > 1 and os.environ.get("LOCAL_SIZE") == str(world_size):
+            _unlink_shm_workspace(rank)  # DeepSpeed's test for its shared-memory allreduce: all ranks local
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def shm_workspace(rank: int) -> Path:
+    """The /dev/shm segment DeepSpeed's CPU allreduce creates for ``rank`` of the group in the environment."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _unlink_shm_workspace(rank: int) -> None:
+    """DeepSpeed's CPU allreduce maps one ~69 MB /dev/shm segment per rank and never unlinks it: each
+    run kept ~138 MB of RAM until reboot (9 GB after a day of test runs here). Every rank has mapped
+    every segment when init returns; after a barrier each unlinks its own name. The mappings live on
+    until the process exits, however it exits, so a killed rank leaks nothing either."""
+    dist.barrier()
+    shm_workspace(rank).unlink(missing_ok=True)
 
 
 def build_ds_config(cfg: EngineConfig, micro_batch_size: int, load_universal: bool = False) -> dict[str, Any]:

@@ -41,6 +41,7 @@ FT = ["model.checkpoint=x"]
         (PretrainConfig, "schedule.min_lr_ratio=2", "schedule.min_lr_ratio"),
         (PretrainConfig, "engine.gradient_clipping=-1", "engine.gradient_clipping"),
         (PretrainConfig, "checkpoint.keep_last=-1", "checkpoint.keep_last"),
+        (PretrainConfig, "checkpoint.init_new_lr_scale=0", "checkpoint.init_new_lr_scale"),
         (PretrainConfig, "metrics.peak_tflops=0", "metrics.peak_tflops"),
         (PretrainConfig, "data.pad_to_multiple_of=0", "data.pad_to_multiple_of"),
         (FinetuneConfig, "model.classifier_dropout=1.5", "model.classifier_dropout"),

@@ -185,8 +185,11 @@ def test_init_from_a_checkpoint_with_another_tokenizer_is_one_line(tiny_shards, 
 def test_crash_then_resume_continues_exactly(run, tiny_shards, tmp_path):
     """Killed right after step 8's checkpoint, then resumed: steps 9-16 equal the uninterrupted run."""
     out = tmp_path / "resumed"
-    crashed = pretrain(tiny_shards, out, "debug.exit_after_step=8")
+    crash = pretrain_command(TEST_CONFIG, tiny_shards, out, "debug.exit_after_step=8", ranks=2)
+    crashed = run_command(crash)
     assert crashed.returncode != 0
+    port = crash[crash.index("--master_port") + 1]  # a hard exit leaves no DeepSpeed shm segment behind
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000008"
     assert not list((out / "checkpoints").glob(".*.tmp"))
     check(pretrain(tiny_shards, out))
