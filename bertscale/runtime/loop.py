@@ -56,8 +56,9 @@ def run_training(
 ) -> TrainState:
     """Train from ``state.step`` to ``max_steps``; ``save``/``evaluate`` are collective callbacks.
 
-    With ``preemption``, every rank stops after the same step once any rank was signalled (the
-    caller checkpoints); with ``watchdog``, a step that never finishes ends the process.
+    With ``preemption``, every rank stops after the same log step once any rank was signalled (the
+    caller checkpoints; at most ``log_every`` steps after the signal); with ``watchdog``, a step that
+    never finishes ends the process.
     """
     watchdog = watchdog or StepWatchdog(0, 0)
     accumulation = engine.gradient_accumulation_steps()
@@ -80,7 +81,9 @@ def run_training(
                 for key, value in values.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0) + value.detach().double()
-            stop = preemption is not None and preemption.agreed(engine.device)
+            # agreed at log steps only: they read metrics back anyway, so other steps never wait on the device
+            at_log = (state.step + 1) % log_every == 0 or state.step + 1 == max_steps
+            stop = preemption is not None and at_log and preemption.agreed(engine.device)
         state.step += 1
         window_steps += 1
 
