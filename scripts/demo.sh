@@ -27,7 +27,7 @@ deepspeed --num_accelerators 2 --master_port "${DEMO_MASTER_PORT:-29517}" --modu
 
 step "3/4 fine-tuning: sentiment (Rotten Tomatoes), pretrained vs random init, 3 seeds each"
 python benchmarks/finetune_pretrained_vs_scratch.py --config bertscale/finetune/configs/sentiment.yaml \
-  model.checkpoint="$DEMO_DIR/pretrain" 'seeds=[1,2,3]' output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true \
+  model.checkpoint="$DEMO_DIR/pretrain" 'seeds=[1,2,3]' train.epochs=2 output_dir="$DEMO_DIR/finetune/sentiment" overwrite=true \
   mlflow.tracking_uri="$TRACKING"
 
 step "4/4 fine-tuning: named entities (BIO tweets) from the pretrained checkpoint"
