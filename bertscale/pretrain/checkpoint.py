@@ -224,7 +224,7 @@ def check_parameter_names(engine: Any, step_dir: Path) -> None:
     if not states.is_file():
         return  # DeepSpeed's own load names what is missing
     with weights_only_loading(states):
-        saved = torch.load(states, map_location="cpu", mmap=True)
+        saved = torch.load(states, map_location="cpu", mmap=True, weights_only=True)
     names = [name for group in saved.get("param_shapes") or [] for name in group]
     missing = sorted(set(names) - {name for name, _ in engine.module.named_parameters()})
     if missing:

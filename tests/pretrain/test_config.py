@@ -37,7 +37,7 @@ def test_shipped_configs_load(name):
             else cfg.checkpoint.init_from is None
         )
     else:
-        assert cfg.model.num_hidden_layers == 2 and cfg.max_steps <= 500
+        assert cfg.model.num_hidden_layers == 2 and cfg.max_steps <= 1000
 
 
 def test_ds_config_is_generated_and_user_sections_override(tmp_path):

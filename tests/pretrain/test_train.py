@@ -155,7 +155,7 @@ def test_init_from_a_headless_encoder_adds_fresh_heads(run, tiny_shards, tmp_pat
     )  # fmt: skip
     check(proc)
     log = proc.stdout + proc.stderr
-    assert "7 tensors freshly initialised (not in the checkpoint): cls.predictions.bias" in log
+    assert "7 tensors freshly initialised (not in the checkpoint, lr x 1): cls.predictions.bias" in log
     continued = load_pretrained(out)
     assert continued.config.hidden_size == trained.config.hidden_size == 64
 
