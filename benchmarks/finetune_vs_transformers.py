@@ -8,13 +8,15 @@ wheel: a BertModel, so both heads are new), see the same split and the same toke
 baseline gets our features from ``bertscale.finetune.data.load_task_data``; ``AutoTokenizer`` gives
 the same ids, tests/finetune/test_hf_users.py), and use the same hyperparameters per seed: AdamW,
 lr, Adam epsilon, weight decay, gradient clipping, batch size, warmup + linear decay, optimizer
-steps, max length, fp32, CPU, intra-op threads. Held-out metrics come from one function
+steps, max length, fp32, CPU, intra-op threads. With dropout off the two train identically on the
+same batches, except that transformers' warmup is one step behind ours (its first step runs at lr 0):
+tests/finetune/test_trainer_parity.py. Held-out metrics come from one function
 (``bertscale.finetune.evaluate.evaluate``) on the same test split (no validation split: neither side
 evaluates mid-run). Each run is its own process (start-up, imports, data and model loading count on
 both sides; ours also saves its model and plots its curves), and the two sides of a seed run at the
 same time, so the load of a shared machine hits both alike; the table gives the median over seeds
 and the ratios ours / transformers of wall time and of CPU time (user + system of the process, the
-fairer figure on a shared machine). The default budget fits a 2-core CPU (60 steps of 16): it
+fairer figure on a shared machine), then one row per seed. The default budget fits a 2-core CPU (60 steps of 16): it
 compares the two systems, it does not reach the tasks' best accuracy. ``--threads 1`` (the default)
 because on a shared, oversubscribed machine two intra-op threads per process spend 3-4x the CPU
 time in OpenMP waits on both sides (benchmarks/README.md).
@@ -33,7 +35,11 @@ import time
 from pathlib import Path
 
 TASKS = {  # name -> (our config, task, metrics reported)
-    "sentiment": ("bertscale/finetune/configs/sentiment.yaml", "sequence_classification", ("accuracy", "macro_f1")),
+    "sentiment": (
+        "bertscale/finetune/configs/sentiment.yaml",
+        "sequence_classification",
+        ("accuracy", "macro_f1"),
+    ),
     "ner": ("bertscale/finetune/configs/ner.yaml", "token_classification", ("f1",)),
 }
 # eps: transformers' default (ours is 1e-6); clipping 1.0 on both sides (our engine's and Trainer's default)
@@ -74,13 +80,22 @@ def finish(proc: subprocess.Popen, started: float, out: Path) -> tuple[dict, flo
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(map(str, proc.args[:5]))}... exit {proc.returncode}, see {out}.log")
+        raise SystemExit(
+            f"error: {' '.join(map(str, proc.args[:5]))}... exit {proc.returncode}, see {out}.log"
+        )
     return json.loads((out / "results.json").read_text()), wall, usage.ru_utime + usage.ru_stime
 
 
 def command(side: str, task: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
     if side == "ours":
-        return [sys.executable, "-m", "bertscale.finetune", "--config", TASKS[task][0], *overrides(task, seed, args, out)]
+        return [
+            sys.executable,
+            "-m",
+            "bertscale.finetune",
+            "--config",
+            TASKS[task][0],
+            *overrides(task, seed, args, out),
+        ]
     return [sys.executable, __file__, "--worker", task, "--seeds", str(seed), "--max-examples", str(args.max_examples),
             "--steps", str(args.steps), "--batch", str(args.batch), "--out", str(out)]  # fmt: skip
 
@@ -125,6 +140,24 @@ def worker(task: str, seed: int, args: argparse.Namespace) -> None:
     (out / "results.json").write_text(json.dumps({f"test_{k}": v for k, v in metrics.items()}, indent=2))
 
 
+def seed_table(task: str, runs: list[dict]) -> list[str]:
+    """Markdown rows, one per seed: each metric, CPU s and wall s as ``ours / transformers``."""
+    columns = [f"test_{m}" for m in TASKS[task][2]] + ["cpu_s", "wall_s"]
+    by_seed: dict[int, dict[str, dict]] = {}
+    for run in runs:
+        if run["task"] == task:
+            by_seed.setdefault(run["seed"], {})[run["side"]] = run
+    lines = [
+        f"| {task} seed | " + " | ".join(f"{c} ours / HF" for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for seed, sides in by_seed.items():
+        cells = [f"{sides['ours'][c]:.3f} / {sides['transformers'][c]:.3f}" for c in columns[:-2]]
+        cells += [f"{sides['ours'][c]:.1f} / {sides['transformers'][c]:.1f}" for c in columns[-2:]]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -148,15 +181,23 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {side: {"wall": [], "cpu": []} for side in results}
         for seed in args.seeds:  # both sides of a seed run at the same time: the same load hits both
             outs = {side: root / task / side / f"seed{seed}" for side in results}
-            running = {side: start(command(side, task, seed, args, out), args.threads, out) for side, out in outs.items()}
+            running = {
+                side: start(command(side, task, seed, args, out), args.threads, out)
+                for side, out in outs.items()
+            }
             for side, (proc, began) in running.items():
                 metrics, wall, cpu = finish(proc, began, outs[side])
                 results[side].append(metrics)
                 times[side]["wall"].append(wall)
                 times[side]["cpu"].append(cpu)
                 loads.append(os.getloadavg()[0])
-                runs.append({"task": task, "seed": seed, "side": side, "wall_s": wall, "cpu_s": cpu, **metrics})
-                print(f"{task} seed {seed} {side}: {json.dumps(metrics)} wall {wall:.1f}s cpu {cpu:.1f}s", flush=True)
+                runs.append(
+                    {"task": task, "seed": seed, "side": side, "wall_s": wall, "cpu_s": cpu, **metrics}
+                )
+                print(
+                    f"{task} seed {seed} {side}: {json.dumps(metrics)} wall {wall:.1f}s cpu {cpu:.1f}s",
+                    flush=True,
+                )
         for metric in TASKS[task][2]:
             ours = statistics.median(r[f"test_{metric}"] for r in results["ours"])
             theirs = statistics.median(r[f"test_{metric}"] for r in results["transformers"])
@@ -164,12 +205,23 @@ def main() -> None:
         for kind in ("wall", "cpu"):
             ours, theirs = (statistics.median(times[side][kind]) for side in ("ours", "transformers"))
             rows.append((task, f"{kind} s (ratio ours / transformers {ours / theirs:.2f})", ours, theirs))
-    print(f"\n{started}, load average (1 min) {min(loads):.1f}-{max(loads):.1f}, {args.threads} thread(s) per process")
+    print(
+        f"\n{started}, load average (1 min) {min(loads):.1f}-{max(loads):.1f}, {args.threads} thread(s) per process"
+    )
     print(f"| task | metric (median of {len(args.seeds)} seeds) | bertscale | transformers |")
     print("|---|---|---|---|")
     for task, metric, ours, theirs in rows:
         print(f"| {task} | {metric} | {ours:.3f} | {theirs:.3f} |")
-    summary = {"started": started, "load_average": loads, "args": vars(args), "hyper": HYPER, "rows": rows, "runs": runs}
+    for task in args.tasks:
+        print("\n" + "\n".join(seed_table(task, runs)))
+    summary = {
+        "started": started,
+        "load_average": loads,
+        "args": vars(args),
+        "hyper": HYPER,
+        "rows": rows,
+        "runs": runs,
+    }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
