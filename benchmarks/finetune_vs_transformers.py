@@ -16,8 +16,8 @@ evaluates mid-run). Each run is its own process (start-up, imports, data and mod
 both sides; ours also saves its model and plots its curves), and the two sides of a seed run at the
 same time, so the load of a shared machine hits both alike; the table gives the median over seeds
 and the ratios ours / transformers of wall time and of CPU time (user + system of the process, the
-fairer figure on a shared machine), then one row per seed. The default budget fits a 2-core CPU (60 steps of 16): it
-compares the two systems, it does not reach the tasks' best accuracy. ``--threads 1`` (the default)
+fairer figure on a shared machine), then one row per seed. The default budget fits a 2-core CPU
+(60 steps of 16): it compares the two systems, it does not reach the tasks' best accuracy. ``--threads 1`` (the default)
 because on a shared, oversubscribed machine two intra-op threads per process spend 3-4x the CPU
 time in OpenMP waits on both sides (benchmarks/README.md).
 """
