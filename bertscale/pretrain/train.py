@@ -37,7 +37,7 @@ from bertscale.pretrain.checkpoint import (
 )
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, eval_batches
-from bertscale.pretrain.init_from import load_init, load_init_weights
+from bertscale.pretrain.init_from import init_readout_head, load_init, load_init_weights, token_counts
 from bertscale.runtime.engine import (
     all_gather_object,
     all_reduce_sum,
@@ -248,7 +248,9 @@ def main(cfg: PretrainConfig) -> TrainState:
         reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
     )
     manifest = load_manifest(cfg.data.shards)
-    init = load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
+    init = (
+        load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
+    )
     if init is not None:  # the checkpoint's architecture (vocab size, max positions, every shape)
         for f in dataclasses.fields(BertConfig):
             if f.name != "gradient_checkpointing":
@@ -282,11 +284,18 @@ def main(cfg: PretrainConfig) -> TrainState:
     model = BertForPreTraining(bert_config)
     new_tensors: list[str] = []
     if init is not None:
-        new_tensors = load_init_weights(model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}")
+        new_tensors = load_init_weights(
+            model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}"
+        )
         init = None  # the checkpoint's copy is no longer needed
+        readout: list[str] = []
+        if cfg.checkpoint.init_new_mlm_head == "readout":
+            counts = token_counts(cfg.data.shards, manifest, cfg.data.split)
+            readout = init_readout_head(model, new_tensors, counts)
         log.info(
-            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint, lr x %g): %s",
+            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint, lr x %g): %s%s",
             cfg.checkpoint.init_from, len(new_tensors), cfg.checkpoint.init_new_lr_scale, ", ".join(new_tensors) or "none",
+            f"; MLM head as a readout (identity transform, log unigram bias): {', '.join(readout)}" if readout else "",
         )  # fmt: skip
     engine = create_engine(
         model,
