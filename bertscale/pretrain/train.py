@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from bertscale.runtime.engine import (
 )
 from bertscale.runtime.faults import Preempted, Preemption, StepWatchdog
 from bertscale.runtime.loop import TrainState, run_training
-from bertscale.runtime.tracking import Tracker, node_monitor, peak_flops_per_device
+from bertscale.runtime.tracking import Tracker, job_tracker, node_monitor, peak_flops_per_device
 
 HF_CONFIG = "config.json"  # transformers' name for bert_config.json (see bertscale.finetune.export)
 
@@ -378,20 +377,10 @@ def main(cfg: PretrainConfig) -> TrainState:
         last_eval.update(evaluate(engine, validation), **baselines)
         return dict(last_eval)
 
-    hosts = all_gather_object(socket.gethostname())
     description = describe_run(cfg, bert_config, model.num_parameters(), manifest, dist.world_size, resume)
-    tracker = Tracker(
-        cfg.mlflow,
-        None,
-        output_dir=output_dir,
-        enabled=dist.rank == 0,
-        description=description,
-        job="pretrain",
-        world_size=dist.world_size,
-        hosts=hosts,
-    )
+    tracker = job_tracker(cfg.mlflow, dist, output_dir=output_dir, job="pretrain", description=description)
     run_id = all_gather_object(tracker.run_id)[0]
-    first_of_node = dist.local_rank == 0 and hosts[dist.rank] != hosts[0]
+    first_of_node = dist.local_rank == 0 and tracker.hosts[dist.rank] != tracker.hosts[0]
     monitor = node_monitor(cfg.mlflow, run_id) if first_of_node else None
     if dist.rank == 0:
         tracker.log_dataset(lambda: shards_dataset(cfg.data.shards))
