@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -28,13 +27,12 @@ from bertscale.finetune.plot import plot_curves, read_curves
 from bertscale.finetune.readers import BUILTIN_DATASETS
 from bertscale.model_dir import check_tokenizer_fits, resolve_step_dir
 from bertscale.runtime.engine import (
-    all_gather_object,
     consolidated_state_dict,
     create_engine,
     init_distributed,
 )
 from bertscale.runtime.loop import TrainState, run_training
-from bertscale.runtime.tracking import Tracker
+from bertscale.runtime.tracking import job_tracker
 
 log = logging.getLogger("bertscale")
 
@@ -92,7 +90,9 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout differs between ranks
 
     def held_out(features: list[Features], prefix: str) -> dict[str, float]:
-        metrics = evaluate(engine.module, eval_batches(features, cfg.train.micro_batch_size, pad_id), data.labels)
+        metrics = evaluate(
+            engine.module, eval_batches(features, cfg.train.micro_batch_size, pad_id), data.labels
+        )
         return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
     validation = data.splits["validation"]
@@ -106,17 +106,7 @@ def main(cfg: FinetuneConfig) -> dict[str, float]:
         f"**Fine-tuning** {cfg.task} ({', '.join(data.labels)}) on {dataset} "
         f"({len(train)} training examples, {max_steps} steps) from {base.source}."
     )
-    hosts = all_gather_object(socket.gethostname())
-    tracker = Tracker(
-        cfg.mlflow,
-        None,
-        output_dir=output_dir,
-        enabled=dist.rank == 0,
-        description=description,
-        job="finetune",
-        world_size=dist.world_size,
-        hosts=hosts,
-    )
+    tracker = job_tracker(cfg.mlflow, dist, output_dir=output_dir, job="finetune", description=description)
     if tracker.active:
         tracker.log_dataset(lambda: task_dataset(cfg, data.counts))
         if cfg.model.checkpoint is not None:

@@ -87,6 +87,11 @@ class CheckpointConfig:
     # the tensors init_from lacked (fresh MLM/NSP heads on a published encoder) train at
     # optimizer.lr x this: a fresh head needs a far higher rate than the pretrained encoder it reads
     init_new_lr_scale: float = 1.0
+    # how a fresh MLM head starts. random: HF's N(0, 0.02) transform, zero bias (its logits are noise,
+    # below the constant answer). readout: transform dense = identity, bias = log unigram frequency of
+    # the training shards' tokens, so the tied decoder reads the encoder's top states as they are and
+    # the head starts at or above the constant answer (benchmarks/README.md, MiniLM)
+    init_new_mlm_head: Literal["random", "readout"] = "random"
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from bertscale.pretrain.checkpoint import (
 )
 from bertscale.pretrain.config import PretrainConfig
 from bertscale.pretrain.data import PretrainBatches, eval_batches
-from bertscale.pretrain.init_from import load_init, load_init_weights
+from bertscale.pretrain.init_from import init_readout_head, load_init, load_init_weights, token_counts
 from bertscale.runtime.engine import (
     all_gather_object,
     all_reduce_sum,
@@ -47,7 +46,7 @@ from bertscale.runtime.engine import (
 )
 from bertscale.runtime.faults import Preempted, Preemption, StepWatchdog
 from bertscale.runtime.loop import TrainState, run_training
-from bertscale.runtime.tracking import Tracker, node_monitor, peak_flops_per_device
+from bertscale.runtime.tracking import Tracker, job_tracker, node_monitor, peak_flops_per_device
 
 HF_CONFIG = "config.json"  # transformers' name for bert_config.json (see bertscale.finetune.export)
 
@@ -248,7 +247,9 @@ def main(cfg: PretrainConfig) -> TrainState:
         reusable=lambda out: _resumable_run(out, cfg.checkpoint.resume),
     )
     manifest = load_manifest(cfg.data.shards)
-    init = load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
+    init = (
+        load_init(cfg.checkpoint.init_from, manifest, cfg.data.shards) if cfg.checkpoint.init_from else None
+    )
     if init is not None:  # the checkpoint's architecture (vocab size, max positions, every shape)
         for f in dataclasses.fields(BertConfig):
             if f.name != "gradient_checkpointing":
@@ -282,11 +283,18 @@ def main(cfg: PretrainConfig) -> TrainState:
     model = BertForPreTraining(bert_config)
     new_tensors: list[str] = []
     if init is not None:
-        new_tensors = load_init_weights(model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}")
+        new_tensors = load_init_weights(
+            model, init.state_dict, f"checkpoint.init_from={cfg.checkpoint.init_from}"
+        )
         init = None  # the checkpoint's copy is no longer needed
+        readout: list[str] = []
+        if cfg.checkpoint.init_new_mlm_head == "readout":
+            counts = token_counts(cfg.data.shards, manifest, cfg.data.split)
+            readout = init_readout_head(model, new_tensors, counts)
         log.info(
-            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint, lr x %g): %s",
+            "initialised weights from %s; %d tensors freshly initialised (not in the checkpoint, lr x %g): %s%s",
             cfg.checkpoint.init_from, len(new_tensors), cfg.checkpoint.init_new_lr_scale, ", ".join(new_tensors) or "none",
+            f"; MLM head as a readout (identity transform, log unigram bias): {', '.join(readout)}" if readout else "",
         )  # fmt: skip
     engine = create_engine(
         model,
@@ -369,20 +377,10 @@ def main(cfg: PretrainConfig) -> TrainState:
         last_eval.update(evaluate(engine, validation), **baselines)
         return dict(last_eval)
 
-    hosts = all_gather_object(socket.gethostname())
     description = describe_run(cfg, bert_config, model.num_parameters(), manifest, dist.world_size, resume)
-    tracker = Tracker(
-        cfg.mlflow,
-        None,
-        output_dir=output_dir,
-        enabled=dist.rank == 0,
-        description=description,
-        job="pretrain",
-        world_size=dist.world_size,
-        hosts=hosts,
-    )
+    tracker = job_tracker(cfg.mlflow, dist, output_dir=output_dir, job="pretrain", description=description)
     run_id = all_gather_object(tracker.run_id)[0]
-    first_of_node = dist.local_rank == 0 and hosts[dist.rank] != hosts[0]
+    first_of_node = dist.local_rank == 0 and tracker.hosts[dist.rank] != tracker.hosts[0]
     monitor = node_monitor(cfg.mlflow, run_id) if first_of_node else None
     if dist.rank == 0:
         tracker.log_dataset(lambda: shards_dataset(cfg.data.shards))

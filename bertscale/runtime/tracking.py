@@ -9,6 +9,8 @@ Public API:
         .start_from(directory) -> LoggedModel | None   the logged model at directory becomes a run input
         .register(model_id, files, name)          upload files into the logged model, register it
         .run_url -> str | None
+    job_tracker(mlflow_cfg, dist, *, output_dir, job, description) -> Tracker   every rank calls it (a
+        collective): gathers the hosts, tracks on rank 0; ``.hosts`` lists each rank's host
     find_logged_model(tracking_uri, directory) -> LoggedModel | None
     node_monitor(mlflow_cfg, run_id) -> monitor | None   system metrics of another node into the run
     peak_flops_per_device(configured_tflops) -> float | None
@@ -35,10 +37,13 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertscale.runtime.config import MlflowConfig
 from bertscale.secrets import redact, tracking_credentials_to_env
+
+if TYPE_CHECKING:  # engine imports DeepSpeed: not at import time of every tracked job
+    from bertscale.runtime.engine import DistInfo
 
 log = logging.getLogger("bertscale")
 
@@ -86,6 +91,7 @@ class Tracker:
         self.tracking_uri: str | None = None
         self.monitor = None
         self.cfg = mlflow_cfg
+        self.hosts = list(hosts)
         self._eval: tuple[int, dict[str, float]] | None = None  # the last held-out metrics, their step
         self._models: dict[str, Path] = {}  # logged model id -> the directory it points at
         if not enabled:
@@ -93,7 +99,7 @@ class Tracker:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
         if mlflow_cfg.enabled:
-            self._guard(self._start, mlflow_cfg, description, job, world_size, list(hosts))
+            self._guard(self._start, mlflow_cfg, description, job, world_size, self.hosts)
         if run_params:
             self.log_params(run_params)
 
@@ -313,6 +319,25 @@ class Tracker:
                 monitor.finish()
             except Exception as err:
                 log.warning("MLflow system metrics: %s", err)
+
+
+def job_tracker(
+    mlflow_cfg: MlflowConfig, dist: DistInfo, *, output_dir: str | Path, job: str, description: str
+) -> Tracker:
+    """The tracker of a distributed job's run: every rank calls it (it gathers each rank's host name
+    for the run's lineage); rank 0 tracks, the others get a no-op Tracker."""
+    from bertscale.runtime.engine import all_gather_object
+
+    return Tracker(
+        mlflow_cfg,
+        None,
+        output_dir=output_dir,
+        enabled=dist.rank == 0,
+        description=description,
+        job=job,
+        world_size=dist.world_size,
+        hosts=all_gather_object(socket.gethostname()),
+    )
 
 
 def find_logged_model(tracking_uri: str, directory: str | Path) -> Any:

@@ -152,10 +152,12 @@ def test_init_from_a_headless_encoder_adds_fresh_heads(run, tiny_shards, tmp_pat
     proc = pretrain(
         tiny_shards, out, f"checkpoint.init_from={headless}", "max_steps=1", "eval.every=0",
         "checkpoint.save_every=0", "model.hidden_size=32", "model.num_attention_heads=4", "mlflow.enabled=true",
+        "checkpoint.init_new_mlm_head=readout",
     )  # fmt: skip
     check(proc)
     log = proc.stdout + proc.stderr
     assert "7 tensors freshly initialised (not in the checkpoint, lr x 1): cls.predictions.bias" in log
+    assert "MLM head as a readout (identity transform, log unigram bias): cls.predictions.transform.dense" in log
     continued = load_pretrained(out)
     assert continued.config.hidden_size == trained.config.hidden_size == 64
 
