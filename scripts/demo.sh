@@ -67,12 +67,12 @@ root = sys.argv[1]
 for name, run in (("tiny model pretrained here from scratch", "pretrain"), ("all-MiniLM-L6-v2, continued", "pretrain_minilm")):
     last = [json.loads(line) for line in open(f"{root}/{run}/metrics.jsonl") if "eval_mlm_accuracy" in line][-1]
     print(f"eval MLM accuracy  {last['eval_mlm_accuracy']:.3f}  (constant answer {last['eval_mlm_baseline_accuracy']:.3f})  {name}")
-import statistics
-def summary(runs):
-    acc = sorted(r["test_accuracy"] for r in runs.values())
-    return f"{statistics.median(acc):.3f} [{acc[0]:.3f}, {acc[-1]:.3f}]"
+from bertscale.finetune.seeds import aggregate  # the median/min/max every seeds summary uses
+def summary(stats):
+    return f"{stats['median']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
 tiny = json.load(open(f"{root}/finetune/sentiment/comparison.json"))
-minilm = json.load(open(f"{root}/finetune/sentiment_minilm/seeds.json"))["results"]
+tiny = {init: aggregate(list(runs.values()))["test_accuracy"] for init, runs in tiny.items()}
+minilm = json.load(open(f"{root}/finetune/sentiment_minilm/seeds.json"))["aggregated"]["test_accuracy"]
 print(f"sentiment test accuracy  {summary(tiny['random'])}  random init (median [min, max], 3 seeds)")
 print(f"sentiment test accuracy  {summary(tiny['pretrained'])}  tiny model pretrained here from scratch (median [min, max], 3 seeds)")
 print(f"sentiment test accuracy  {summary(minilm)}  all-MiniLM-L6-v2, continued (median [min, max], 3 seeds)")
