@@ -2,7 +2,7 @@
 
     nice -n 10 python benchmarks/time_to_accuracy.py [--budget-cpu-s 600] [--points 8]
         [--shards .demo/shards] [--config bertscale/pretrain/configs/tiny.yaml] [--out runs/bench_tta]
-        [--device cpu|cuda] [key=value ...]            # key=value: our pretraining config, both sides
+        [--device cpu|cuda] [--seeds 1 2 3] [key=value ...]   # key=value: our pretraining config, both sides
 
 Ours is the real job (``deepspeed --num_accelerators N --module bertscale.pretrain``, N=2 CPU ranks
 over gloo); the baseline is ``transformers.Trainer`` + ``BertForPreTraining`` + its own
@@ -10,6 +10,8 @@ over gloo); the baseline is ``transformers.Trainer`` + ``BertForPreTraining`` + 
 ``torchrun`` (benchmarks/tta_transformers.py). Both take every hyperparameter from one resolved
 config (tiny.yaml + overrides): model shape, dropout, batch, AdamW lr / betas / eps / weight decay,
 warmup and decay to 0 at ``max_steps``, clipping, seed. One thread per process (OMP_NUM_THREADS=1).
+Ours runs ZeRO-0 here, the baseline's DDP algorithm (a replicated optimizer); ``engine.zero_stage=1``
+measures the partitioned one.
 
 The clock is CPU seconds summed over each side's whole process tree from launch (imports, start-up,
 data loading, checkpoint saves all count; the load of other processes does not); on ``--device
@@ -19,7 +21,9 @@ is stopped (SIGUSR1: checkpoint, exit) when its budget is spent. Afterwards one 
 elementwise) scores the checkpoints nearest to ``--points`` evenly spaced clock values on the whole
 validation split (the pipeline's static masks), for both sides. Headline: the clock ours needs to
 reach the MLM accuracy the baseline has at the end of its budget, and the ratio; both curves go to
-``{out}/time_to_accuracy.png``, the figures to ``{out}/results.json``.
+``{out}/time_to_accuracy.png``, the figures to ``{out}/results.json``. With ``--seeds`` the race runs
+once per seed (both sides take it) into ``{out}/seed_N/``, and ``{out}/results.json`` adds the median
+ratio and its spread: one race cannot tell a ratio from the seed-to-seed noise.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -281,9 +286,17 @@ def plot(curves: dict[str, list[Point]], baselines: dict[str, float], unit: str,
         ("eval_mlm_baseline_accuracy", "eval_nsp_baseline_accuracy"),
         strict=True,
     ):
-        for side, points in curves.items():
+        sides = [label.split(" seed ")[0] for label in curves]  # "ours seed 2" -> "ours"
+        labelled: set[str] = set()  # one colour and one legend entry per side, however many seeds
+        for side, points in zip(sides, curves.values(), strict=True):
             scored = [p for p in points if getattr(p, key) is not None]
-            ax.plot([p.clock_s for p in scored], [getattr(p, key) for p in scored], "o-", label=side)
+            runs = sides.count(side)
+            ax.plot(
+                [p.clock_s for p in scored], [getattr(p, key) for p in scored], "o-",
+                color="C0" if side == "transformers" else "C1", markersize=3 if runs > 1 else 6, alpha=0.8,
+                label=None if side in labelled else f"{side} ({runs} seeds)" if runs > 1 else side,
+            )  # fmt: skip
+            labelled.add(side)
         ax.axhline(baselines[base], color="grey", linestyle="--", label="constant answer")
         ax.set_xlabel(unit)
         ax.set_ylabel(key.replace("_", " "))
@@ -326,10 +339,19 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "--ranks", type=int, default=None, help="processes per side (default: 2 on CPU, all GPUs)"
     )
     parser.add_argument("--save-every", type=int, default=10, help="checkpoint interval, steps (both sides)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="race once per seed (both sides; seed_N/ under --out) and report the median ratio and spread",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the pretraining config")
     args = parser.parse_args(argv)
     if args.points < 1 or args.save_every < 1 or args.budget_cpu_s <= 0:
         parser.error("--points and --save-every must be >= 1 and --budget-cpu-s > 0")
+    if args.seeds and (min(args.seeds) < 0 or len(set(args.seeds)) < len(args.seeds)):
+        parser.error("--seeds must be distinct and >= 0")
     return args, args.overrides
 
 
@@ -338,7 +360,11 @@ def main(argv: Sequence[str]) -> None:
     device = check_device(args.device)
     ranks = args.ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
     unit = "GPU-seconds (wall x GPUs)" if device.type == "cuda" else "CPU-seconds (all processes)"
-    defaults = [f"data.shards={args.shards}"] + (["engine.precision=bf16"] if device.type == "cuda" else [])
+    # ZeRO-0: ours replicates the optimizer like the baseline's DDP (same algorithm on both sides;
+    # ZeRO-1 partitions it to save memory, which a model this size does not need, and pays for it
+    # in copies and gloo collectives: benchmarks/README.md); engine.zero_stage=1 overrides it
+    defaults = [f"data.shards={args.shards}", "engine.zero_stage=0"]
+    defaults += ["engine.precision=bf16"] if device.type == "cuda" else []
     cfg = load_pretrain_config(args.config, [*defaults, *overrides])
     manifest = load_manifest(args.shards)
     bert = cfg.model.resolve(manifest.vocab_size)
@@ -358,12 +384,12 @@ def main(argv: Sequence[str]) -> None:
     out = prepare_output_dir(
         args.out, key="--out", overwrite=args.overwrite, overwrite_hint="--overwrite", inputs=[args.shards]
     )
-    for ours_entry in ("ours", "transformers", "ours.log", "transformers.log"):  # only what we write
-        target = out / ours_entry
+    runs = [(out, cfg)] if not args.seeds else [(out / f"seed_{s}", replace(cfg, seed=s)) for s in args.seeds]
+    seed_dirs = [f"seed_{s}" for s in args.seeds or []]
+    written = ["ours", "transformers", "ours.log", "transformers.log", *seed_dirs]
+    for entry in written:  # only what we write
+        target = out / entry
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "config.yaml"
-    save_config(cfg, config)  # the transformers side reads the same resolved hyperparameters
 
     print(load_line("start"), flush=True)
     print(
@@ -371,33 +397,105 @@ def main(argv: Sequence[str]) -> None:
         f"model L{bert.num_hidden_layers}/H{bert.hidden_size}/A{bert.num_attention_heads}/I{bert.intermediate_size}, "
         f"vocab {bert.vocab_size}; {cfg.data.micro_batch_size * ranks * cfg.engine.gradient_accumulation_steps} "
         f"sequences per step, lr {cfg.optimizer.lr:g}, warmup {cfg.schedule.warmup_steps}, {cfg.schedule.decay} decay "
-        f"to step {cfg.max_steps}; eval: {sequences} pairs, {count_masked(validation)} masked tokens",
+        f"to step {cfg.max_steps}, ours at ZeRO-{cfg.engine.zero_stage}; eval: {sequences} pairs, "
+        f"{count_masked(validation)} masked tokens; seeds {[c.seed for _, c in runs]}",
         flush=True,
     )
     baselines = majority_baselines(validation, bert.vocab_size, torch.device("cpu"))
+    context = Context(args, ranks, unit, device, validation, baselines, per_step, peak, peak_name)
+    results = [race(context, run_cfg, run_out) for run_out, run_cfg in runs]
+    if args.seeds:
+        summarize(results, out)
+    print(load_line("end"), flush=True)
+
+
+@dataclass
+class Context:
+    """What every seed's race shares: the run's arguments, the evaluator's split and the machine."""
+
+    args: argparse.Namespace
+    ranks: int
+    unit: str
+    device: torch.device
+    validation: list[dict[str, torch.Tensor]]
+    baselines: dict[str, float]
+    per_step: float
+    peak: float
+    peak_name: str
+
+
+def race(ctx: Context, cfg: PretrainConfig, out: Path) -> dict:
+    """Both sides on one seed, each to the budget; scored, reported and plotted in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "config.yaml"
+    save_config(cfg, config)  # the transformers side reads the same resolved hyperparameters
+    args, validation = ctx.args, ctx.validation
+    print(f"\n--- seed {cfg.seed} -> {out}", flush=True)
     runs, curves = {}, {}
     for side in ("transformers", "ours"):
         cmd = (
-            ours_command(args, out / side, config, ranks) if side == "ours"
-            else baseline_command(args, out / side, config, ranks)
+            ours_command(args, out / side, config, ctx.ranks) if side == "ours"
+            else baseline_command(args, out / side, config, ctx.ranks)
         )  # fmt: skip
-        runs[side], curves[side] = run_side(side, cmd, out / side, args, ranks)
+        runs[side], curves[side] = run_side(side, cmd, out / side, args, ctx.ranks)
         check_reached_warmup(side, curves[side], cfg.schedule.warmup_steps, args.budget_cpu_s)
     print(load_line("end of training"), flush=True)
     for points in curves.values():  # scored after both runs: the evaluator never competes with a run
         for p in nearest(points, args.budget_cpu_s, args.points):
-            score(p, validation, device)
+            score(p, validation, ctx.device)
 
     target = curves["transformers"][-1]
-    hit = first_reaching(curves["ours"], target.mlm_accuracy, validation, device)
+    hit = first_reaching(curves["ours"], target.mlm_accuracy, validation, ctx.device)
     ratio = target.clock_s / hit.clock_s if hit else None
-    report(args, curves, runs, baselines, target, hit, ratio, per_step, peak, peak_name, unit, out)
-    plot(curves, baselines, unit, out / "time_to_accuracy.png")
+    results = report(ctx, cfg.seed, curves, runs, target, hit, ratio, out)
+    plot(curves, ctx.baselines, ctx.unit, out / "time_to_accuracy.png")
     print(f"curves: {out / 'time_to_accuracy.png'}; figures: {out / 'results.json'}")
-    print(load_line("end"), flush=True)
+    return results
 
 
-def report(args, curves, runs, baselines, target, hit, ratio, per_step, peak, peak_name, unit, out) -> None:
+def summarize(results: list[dict], out: Path) -> None:
+    """Across seeds: the median ratio and its spread (a seed that never reaches the target has none)."""
+    ratios = [r["ratio"] for r in results]
+    reached = sorted(r for r in ratios if r is not None)
+    per_seed = ", ".join(
+        f"seed {r['seed']}: " + ("not reached" if r["ratio"] is None else f"{r['ratio']:.2f}x")
+        for r in results
+    )
+    summary = {"seeds": [r["seed"] for r in results], "ratios": ratios}
+    if len(reached) == len(ratios):
+        summary |= {
+            "median_ratio": statistics.median(reached),
+            "min_ratio": reached[0],
+            "max_ratio": reached[-1],
+        }
+        print(
+            f"\nHEADLINE over {len(ratios)} seeds: median {summary['median_ratio']:.2f}x faster "
+            f"[{reached[0]:.2f}, {reached[-1]:.2f}] (goal >= 3x) "
+            f"{'OK' if summary['median_ratio'] >= 3 else 'BELOW GOAL'}; {per_seed}"
+        )
+    else:
+        print(f"\nHEADLINE over {len(ratios)} seeds: no median, a seed did not reach its target; {per_seed}")
+    atomic_write_text(
+        out / "results.json", json.dumps({"summary": summary, "runs": results}, indent=2) + "\n"
+    )
+    curves = {
+        f"{side} seed {r['seed']}": [Point(**p) for p in r["curves"][side]]
+        for r in results
+        for side in ("transformers", "ours")
+    }
+    plot(curves, results[0]["baselines"], results[0]["unit"], out / "time_to_accuracy.png")
+    print(f"figures over seeds: {out / 'results.json'}, curves: {out / 'time_to_accuracy.png'}")
+
+
+def report(ctx: Context, seed: int, curves, runs, target, hit, ratio, out: Path) -> dict:
+    args, baselines, per_step, peak, peak_name, unit = (
+        ctx.args,
+        ctx.baselines,
+        ctx.per_step,
+        ctx.peak,
+        ctx.peak_name,
+        ctx.unit,
+    )
     mlm, nsp = baselines["eval_mlm_baseline_accuracy"], baselines["eval_nsp_baseline_accuracy"]
     print(f"\nconstant answers: MLM {mlm:.4f}, NSP {nsp:.4f}")
     print(f"{'side':13s} {'clock s':>8s} {'step':>5s} {'MLM acc':>8s} {'NSP acc':>8s} {'MLM loss':>8s}")
@@ -441,13 +539,14 @@ def report(args, curves, runs, baselines, target, hit, ratio, per_step, peak, pe
             "unigram level first; a larger --budget-cpu-s measures learning"
         )
     results = {
-        "budget_s": args.budget_cpu_s, "unit": unit, "device": args.device, "baselines": baselines,
+        "seed": seed, "budget_s": args.budget_cpu_s, "unit": unit, "device": args.device, "baselines": baselines,
         "target": asdict(target), "reached": asdict(hit) if hit else None, "ratio": ratio,
         "target_above_constant": learned, "summary": summary,
         "curves": {side: [asdict(p) for p in points if p.mlm_accuracy is not None] for side, points in curves.items()},
         "load_average": os.getloadavg(),
     }  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""benchmarks/time_to_accuracy.py: its input checks (one line each), the budget clock, the headline search."""
+"""benchmarks/time_to_accuracy.py: its input checks (one line each), the budget clock, the headline search,
+the summary over seeds."""
 
 from __future__ import annotations
 
@@ -136,6 +137,34 @@ def test_steady_clock_per_step_is_the_slope():
     assert tta.steady_seconds_per_step(points) == pytest.approx(0.5)
     assert tta.steady_seconds_per_step(points[:1]) is None
 
+
+
+def _race(seed: int, ratio: float | None) -> dict:
+    curve = [{"step": 10, "clock_s": 5.0, "path": "p", "mlm_accuracy": 0.1, "nsp_accuracy": 0.5, "mlm_loss": 6.0}]
+    return {
+        "seed": seed, "ratio": ratio, "unit": "CPU-seconds (all processes)",
+        "baselines": {"eval_mlm_baseline_accuracy": 0.05, "eval_nsp_baseline_accuracy": 0.5},
+        "curves": {"ours": curve, "transformers": curve},
+    }  # fmt: skip
+
+
+def test_seeds_give_the_median_ratio_and_its_spread(tmp_path, capsys):
+    tta.summarize([_race(1, 2.9), _race(2, 3.6), _race(3, 3.5)], tmp_path)
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["median_ratio"] == 3.5 and (summary["min_ratio"], summary["max_ratio"]) == (2.9, 3.6)
+    assert "median 3.50x faster [2.90, 3.60] (goal >= 3x) OK" in capsys.readouterr().out
+    assert (tmp_path / "time_to_accuracy.png").read_bytes().startswith(b"\x89PNG")
+    # a seed that never reaches its target: no median (it would hide the miss), the miss is named
+    tta.summarize([_race(1, 3.2), _race(2, None)], tmp_path)
+    assert "median_ratio" not in json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert "seed 2: not reached" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds", [["1", "1"], ["-1"]])
+def test_seeds_must_be_distinct_and_non_negative(seeds, capsys):
+    with pytest.raises(SystemExit):
+        tta.parse(["--seeds", *seeds])
+    assert "--seeds must be distinct and >= 0" in capsys.readouterr().err
 
 BURNER = textwrap.dedent(
     """
