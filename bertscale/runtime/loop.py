@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from bertscale.runtime.engine import all_reduce_sum
 from bertscale.runtime.faults import Preemption, StepWatchdog
+from bertscale.runtime.host_memory import HeapTrimmer
 from bertscale.runtime.tracking import Tracker
 
 
@@ -53,14 +54,17 @@ def run_training(
     peak_flops: float | None = None,
     preemption: Preemption | None = None,
     watchdog: StepWatchdog | None = None,
+    heap_trim_interval_s: float = 10.0,
 ) -> TrainState:
     """Train from ``state.step`` to ``max_steps``; ``save``/``evaluate`` are collective callbacks.
 
     With ``preemption``, every rank stops after the same log step once any rank was signalled (the
     caller checkpoints; at most ``log_every`` steps after the signal); with ``watchdog``, a step that
-    never finishes ends the process.
+    never finishes ends the process. On CPU the heap's free pages go back to the OS every
+    ``heap_trim_interval_s`` seconds, at a log step (bertscale.runtime.host_memory).
     """
     watchdog = watchdog or StepWatchdog(0, 0)
+    trimmer = HeapTrimmer(heap_trim_interval_s if torch.device(engine.device).type == "cpu" else 0)
     accumulation = engine.gradient_accumulation_steps()
     world = dist.get_world_size() if dist.is_initialized() else 1
     # this rank's sums over the logging window, kept on the device: no host sync between logs
@@ -100,6 +104,7 @@ def run_training(
                 metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (peak_flops * world)
             tracker.log_metrics(state.step, metrics)
             sums, window_steps = {}, 0
+            trimmer.maybe_release()
             window_start = time.perf_counter()
         if evaluate is not None and eval_every and state.step % eval_every == 0:
             tracker.log_metrics(state.step, evaluate())
