@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from bertscale.atomic import atomic_write_text, prepare_output_dir
 from bertscale.config import save_config
 from bertscale.data_pipeline.schema import load_manifest
 from bertscale.errors import ConfigError, DataError, run_cli
+from bertscale.finetune.seeds import aggregate
 from bertscale.masking import IGNORE_INDEX
 from bertscale.model import BertConfig, BertForPreTraining, training_flops_per_token
 from bertscale.model_dir import STEP_DIR, load_pretrained
@@ -384,9 +384,9 @@ def main(argv: Sequence[str]) -> None:
     out = prepare_output_dir(
         args.out, key="--out", overwrite=args.overwrite, overwrite_hint="--overwrite", inputs=[args.shards]
     )
-    runs = [(out, cfg)] if not args.seeds else [(out / f"seed_{s}", replace(cfg, seed=s)) for s in args.seeds]
-    seed_dirs = [f"seed_{s}" for s in args.seeds or []]
-    written = ["ours", "transformers", "ours.log", "transformers.log", *seed_dirs]
+    seed_runs = [(out / f"seed_{s}", replace(cfg, seed=s)) for s in args.seeds or []]
+    runs = seed_runs or [(out, cfg)]
+    written = ["ours", "transformers", "ours.log", "transformers.log", *(d.name for d, _ in seed_runs)]
     for entry in written:  # only what we write
         target = out / entry
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -456,21 +456,17 @@ def race(ctx: Context, cfg: PretrainConfig, out: Path) -> dict:
 def summarize(results: list[dict], out: Path) -> None:
     """Across seeds: the median ratio and its spread (a seed that never reaches the target has none)."""
     ratios = [r["ratio"] for r in results]
-    reached = sorted(r for r in ratios if r is not None)
     per_seed = ", ".join(
         f"seed {r['seed']}: " + ("not reached" if r["ratio"] is None else f"{r['ratio']:.2f}x")
         for r in results
     )
     summary = {"seeds": [r["seed"] for r in results], "ratios": ratios}
-    if len(reached) == len(ratios):
-        summary |= {
-            "median_ratio": statistics.median(reached),
-            "min_ratio": reached[0],
-            "max_ratio": reached[-1],
-        }
+    if None not in ratios:
+        stats = aggregate([{"ratio": r} for r in ratios])["ratio"]  # the seeds summaries' one median
+        summary |= {"median_ratio": stats["median"], "min_ratio": stats["min"], "max_ratio": stats["max"]}
         print(
-            f"\nHEADLINE over {len(ratios)} seeds: median {summary['median_ratio']:.2f}x faster "
-            f"[{reached[0]:.2f}, {reached[-1]:.2f}] (goal >= 3x) "
+            f"\nHEADLINE over {len(ratios)} seeds: median {stats['median']:.2f}x faster "
+            f"[{stats['min']:.2f}, {stats['max']:.2f}] (goal >= 3x) "
             f"{'OK' if summary['median_ratio'] >= 3 else 'BELOW GOAL'}; {per_seed}"
         )
     else:
@@ -488,14 +484,7 @@ def summarize(results: list[dict], out: Path) -> None:
 
 
 def report(ctx: Context, seed: int, curves, runs, target, hit, ratio, out: Path) -> dict:
-    args, baselines, per_step, peak, peak_name, unit = (
-        ctx.args,
-        ctx.baselines,
-        ctx.per_step,
-        ctx.peak,
-        ctx.peak_name,
-        ctx.unit,
-    )
+    args, baselines, per_step, peak, unit = ctx.args, ctx.baselines, ctx.per_step, ctx.peak, ctx.unit
     mlm, nsp = baselines["eval_mlm_baseline_accuracy"], baselines["eval_nsp_baseline_accuracy"]
     print(f"\nconstant answers: MLM {mlm:.4f}, NSP {nsp:.4f}")
     print(f"{'side':13s} {'clock s':>8s} {'step':>5s} {'MLM acc':>8s} {'NSP acc':>8s} {'MLM loss':>8s}")
@@ -517,7 +506,7 @@ def report(ctx: Context, seed: int, curves, runs, target, hit, ratio, out: Path)
         print(
             f"{side}: {last.step} steps in {last.clock_s:.0f} {unit.split(' ')[0]} "
             f"({slope or float('nan'):.2f} per step after start-up, start-up ~{last.clock_s - (slope or 0) * last.step:.0f}); "
-            f"MFU {100 * mfu_all:.1f}% overall, {100 * (mfu_steady or float('nan')):.1f}% per step, against {peak_name} "
+            f"MFU {100 * mfu_all:.1f}% overall, {100 * (mfu_steady or float('nan')):.1f}% per step, against {ctx.peak_name} "
             f"({peak / 1e9:.1f} GFLOP/s)"
         )
     if hit is not None:
